@@ -1,1 +1,14 @@
+//! The OpenGSLB controlplane ("overwatch"): loads and validates the YAML
+//! config ([`config`]), decides the health of every backend, compiles the
+//! snapshot ([`compile`]) and streams it to every subscribed dataplane
+//! ([`stream`]); keeps durable state in its [`store`].
+//!
+//! It is the only process that reads the operator's YAML and the only one
+//! that will hold DNSSEC private keys. Nothing depends on this crate.
 
+pub mod compile;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod store;
+pub mod stream;

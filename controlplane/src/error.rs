@@ -1,0 +1,24 @@
+//! Errors of the controlplane library. Binaries wrap them in `anyhow`.
+
+/// Controlplane errors outside config parsing (which has its own
+/// `config::ConfigError` that names file, line and key).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// A listener could not be started.
+    #[error("listen on {addr}: {message}")]
+    Listen {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        message: String,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

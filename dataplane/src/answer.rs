@@ -1,0 +1,485 @@
+//! The answer path: one query in, one reply out, into a caller's buffer.
+//!
+//! [`answer`] is synchronous and runs once per datagram (or TCP message) on a
+//! worker thread. It must never allocate, lock, log, format or panic, and
+//! every octet it writes is bounds-checked against the output buffer.
+//!
+//! Narrative of one query:
+//!
+//! 1. Fewer than 12 octets, or QR=1: no reply (never answer a response).
+//! 2. Opcode other than QUERY: NOTIMP. QDCOUNT≠1 or a malformed question:
+//!    FORMERR without a question; a malformed rest of message (answer or
+//!    authority records, OPT): FORMERR echoing the question. EDNS version
+//!    above 0: BADVERS.
+//! 3. Class other than IN/ANY: REFUSED. Meta types: OPT and TSIG FORMERR,
+//!    AXFR/IXFR REFUSED, the rest NOTIMP.
+//! 4. The header and the question (client's case, uncompressed) are written;
+//!    that prefix is what a truncated reply keeps.
+//! 5. Resolution: the lower-cased name is looked up once. A miss looks for
+//!    the closest enclosing zone: none → REFUSED, else NXDOMAIN with the SOA.
+//!    A hit answers the plan or static RRset of the type, or follows a CNAME
+//!    (at most [`MAX_CNAME_CHAIN`] hops, never twice to one node), or gives
+//!    NODATA with the SOA. Owners are compression pointers: to the question
+//!    (offset 12), to a suffix of it, or to a CNAME target written earlier.
+//! 6. If any record does not fit the size limit (512 without EDNS, the
+//!    negotiated EDNS size, 65535 over TCP), the reply is cut back to the
+//!    prefix of step 4 with TC=1: never a partial RRset.
+//! 7. OPT is appended when the query had one (room for it is reserved in
+//!    step 6), then the header counts and flags are patched in.
+
+use opengslb_proto::{Policy, WhenAllDown};
+
+use crate::snapshot::{Candidate, Node, Plan, RRset, Records, Snapshot, Zone};
+use crate::wire::{self, flags, rtype, Edns, Header, Question, HEADER_LEN};
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+// === constants ===
+
+/// Longest CNAME chain followed inside our zones.
+pub const MAX_CNAME_CHAIN: usize = 8;
+
+/// Size of the OPT record we append: root owner, TYPE, CLASS, TTL, RDLENGTH 0.
+const OPT_LEN: usize = 11;
+/// Largest reply without EDNS (RFC 1035 §4.2.1).
+const MIN_UDP: usize = 512;
+/// Largest DNS message over TCP (RFC 7766).
+const MAX_TCP: usize = 65535;
+
+/// Response codes (RFC 1035 §4.1.1, RFC 6891 §9).
+mod rcode {
+    pub(super) const NOERROR: u16 = 0;
+    pub(super) const FORMERR: u16 = 1;
+    pub(super) const SERVFAIL: u16 = 2;
+    pub(super) const NXDOMAIN: u16 = 3;
+    pub(super) const NOTIMP: u16 = 4;
+    pub(super) const REFUSED: u16 = 5;
+    pub(super) const BADVERS: u16 = 16;
+}
+
+// === types ===
+
+/// How the query arrived: it sets the reply size limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: 512 octets without EDNS, else the negotiated size.
+    Udp,
+    /// TCP (RFC 7766): up to 65535 octets.
+    Tcp,
+}
+
+/// Per-worker mutable state. One per worker thread, never shared.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerState {
+    /// Round-robin rotation: advanced once per answered plan.
+    rotation: u64,
+}
+
+/// The writer ran out of room (the reply will be truncated).
+#[derive(Clone, Copy, Debug)]
+struct Full;
+
+/// A bounds-checked cursor over the output buffer.
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    limit: usize,
+}
+
+/// The reply under construction.
+struct Reply<'a> {
+    w: Writer<'a>,
+    /// Flags copied from the query (opcode, RD, CD) plus QR.
+    flags: u16,
+    aa: bool,
+    tc: bool,
+    rcode: u16,
+    qdcount: u16,
+    /// Offset just past the question: what a truncated reply keeps.
+    question_end: usize,
+    ancount: u16,
+    nscount: u16,
+    arcount: u16,
+}
+
+/// Where a name appears uncompressed in the reply, so that later owners can
+/// point to it or to one of its suffixes.
+#[derive(Clone, Copy)]
+struct NameAt<'n> {
+    at: usize,
+    /// The name, lower-case (used when a pointer cannot reach `at`).
+    name: &'n [u8],
+}
+
+/// What a node holds for a query type.
+enum Data<'s> {
+    Plan(&'s Plan),
+    Static(&'s RRset),
+}
+
+// === impl WorkerState ===
+
+impl WorkerState {
+    /// Fresh state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+// === functions ===
+
+/// Answers one query from `snapshot` into `out`. Returns the reply length, or
+/// `None` when nothing must be sent (runt message, a response, or an `out`
+/// too small for even the header). `out` should hold 65535 octets for TCP and
+/// at least 4096 for UDP; the reply never exceeds it.
+pub fn answer(
+    snapshot: &Snapshot,
+    query: &[u8],
+    transport: Transport,
+    state: &mut WorkerState,
+    out: &mut [u8],
+) -> Option<usize> {
+    let header = Header::parse(query)?;
+    if header.is_response() {
+        return None;
+    }
+    let reply_flags = flags::QR | (header.flags & (flags::OPCODE_MASK | flags::RD | flags::CD));
+    let our_udp = snapshot.edns_udp_size();
+
+    if header.opcode() != 0 {
+        let q = Question::parse(query, &header).ok();
+        let edns = q.as_ref().and_then(|q| wire::parse_edns(query, &header, q.end).ok().flatten());
+        return error_reply(out, reply_flags, header.id, q.as_ref(), edns, our_udp, rcode::NOTIMP);
+    }
+    let Ok(q) = Question::parse(query, &header) else {
+        return error_reply(out, reply_flags, header.id, None, None, our_udp, rcode::FORMERR);
+    };
+    let edns = match wire::parse_edns(query, &header, q.end) {
+        Ok(e) => e,
+        Err(_) => return error_reply(out, reply_flags, header.id, Some(&q), None, our_udp, rcode::FORMERR),
+    };
+    if edns.is_some_and(|e| e.version > 0) {
+        return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::BADVERS);
+    }
+    if q.qclass != wire::class::IN && q.qclass != wire::class::ANY {
+        return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::REFUSED);
+    }
+    match q.qtype {
+        rtype::OPT | 250 => return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::FORMERR),
+        rtype::AXFR | rtype::IXFR => {
+            return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::REFUSED)
+        }
+        128..=249 | rtype::MAILB | rtype::MAILA => {
+            return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::NOTIMP)
+        }
+        _ => {}
+    }
+
+    let limit = match (transport, edns) {
+        (Transport::Tcp, _) => MAX_TCP,
+        (Transport::Udp, None) => MIN_UDP,
+        (Transport::Udp, Some(e)) => usize::from(e.udp_size).max(MIN_UDP).min(usize::from(our_udp)),
+    };
+    let mut r = Reply::start(out, limit, reply_flags, header.id, Some(&q))?;
+    let prefix = r.w.len;
+    // Keep room for OPT while writing records.
+    let opt_room = if edns.is_some() { OPT_LEN } else { 0 };
+    r.w.limit = r.w.limit.saturating_sub(opt_room);
+    let dnssec_ok = edns.is_some_and(|e| e.dnssec_ok);
+    if resolve(snapshot, &q, dnssec_ok, state, &mut r).is_err() {
+        r.truncate(prefix);
+        r.tc = true;
+    }
+    r.w.limit = r.w.limit.saturating_add(opt_room);
+    r.finish(edns, our_udp)
+}
+
+/// A reply with no records: header, the question if it parsed, OPT if the
+/// query had a valid one.
+fn error_reply(
+    out: &mut [u8],
+    reply_flags: u16,
+    id: u16,
+    q: Option<&Question>,
+    edns: Option<Edns>,
+    our_udp: u16,
+    code: u16,
+) -> Option<usize> {
+    let r = Reply::start(out, MIN_UDP, reply_flags, id, q);
+    let mut r = match r {
+        Some(r) => r,
+        // A question that cannot fit is not echoed.
+        None => Reply::start(out, MIN_UDP, reply_flags, id, None)?,
+    };
+    r.rcode = code;
+    r.finish(edns, our_udp)
+}
+
+/// Looks the question up and writes the answer and authority sections.
+fn resolve(snap: &Snapshot, q: &Question, dnssec_ok: bool, state: &mut WorkerState, r: &mut Reply<'_>) -> Result<(), Full> {
+    let qname = q.lower();
+    let qname_at = NameAt { at: HEADER_LEN, name: qname };
+    let Some((first, mut node)) = snap.node(qname) else {
+        return match snap.closest_zone(qname) {
+            None => {
+                r.rcode = rcode::REFUSED;
+                Ok(())
+            }
+            Some((_, zone)) => {
+                r.aa = true;
+                r.rcode = rcode::NXDOMAIN;
+                r.put_negative_soa(zone, qname_at, dnssec_ok)
+            }
+        };
+    };
+    r.aa = true;
+    let mut cur = qname_at;
+    let mut visited = [u32::MAX; MAX_CNAME_CHAIN + 1];
+    visited[0] = first;
+    for hop in 1..=MAX_CNAME_CHAIN + 1 {
+        if let Some(data) = find(node, q.qtype) {
+            return match data {
+                Data::Static(rrset) => r.put_rrset(cur, rrset, 0, rrset.records.len(), dnssec_ok).map(drop),
+                Data::Plan(plan) => match (pick(plan), plan.when_all_down) {
+                    (Some(c), _) => r.put_candidate(plan, c, cur, dnssec_ok, state),
+                    // Fail open: the controlplane sends every backend as the
+                    // candidate, so an empty plan here means no data.
+                    (None, WhenAllDown::All) => match snap.zone(node.zone) {
+                        Some(zone) => r.put_negative_soa(zone, cur, dnssec_ok),
+                        None => Ok(()),
+                    },
+                    (None, WhenAllDown::Unspecified | WhenAllDown::Servfail) => {
+                        r.truncate(r.question_end);
+                        r.aa = false;
+                        r.rcode = rcode::SERVFAIL;
+                        Ok(())
+                    }
+                },
+            };
+        }
+        let (Some(target), false) = (&node.cname_target, q.qtype == rtype::CNAME) else {
+            // NODATA (empty non-terminals included).
+            return match snap.zone(node.zone) {
+                Some(zone) => r.put_negative_soa(zone, cur, dnssec_ok),
+                None => Ok(()),
+            };
+        };
+        let Some(cname) = node.rrsets.iter().find(|s| s.rtype == rtype::CNAME) else { return Ok(()) };
+        let target_at = r.put_rrset(cur, cname, 0, 1, dnssec_ok)?;
+        let target_at = NameAt { at: target_at, name: target };
+        match snap.node(target) {
+            Some((i, next)) => {
+                if hop > MAX_CNAME_CHAIN || visited.contains(&i) {
+                    // A loop or a long chain: the resolver gets what we have.
+                    return Ok(());
+                }
+                if let Some(v) = visited.get_mut(hop) {
+                    *v = i;
+                }
+                node = next;
+                cur = target_at;
+            }
+            None => {
+                // RFC 6604: the RCODE is that of the last name in the chain.
+                return match snap.closest_zone(target) {
+                    Some((_, zone)) => {
+                        r.rcode = rcode::NXDOMAIN;
+                        r.put_negative_soa(zone, target_at, dnssec_ok)
+                    }
+                    // Out of our zones: the resolver follows it.
+                    None => Ok(()),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The data a node holds for `qtype` (RFC 8482 for ANY: one RRset, the A plan
+/// first, else the first static RRset).
+fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
+    if qtype == rtype::ANY {
+        let plan = node.plans.iter().find(|p| p.rtype == rtype::A).or_else(|| node.plans.first());
+        return match plan {
+            Some(p) if pick(p).is_some() => Some(Data::Plan(p)),
+            _ => node.rrsets.first().map(Data::Static),
+        };
+    }
+    if let Some(p) = node.plans.iter().find(|p| p.rtype == qtype) {
+        return Some(Data::Plan(p));
+    }
+    node.rrsets.iter().find(|s| s.rtype == qtype).map(Data::Static)
+}
+
+/// The candidate a plan answers with, `None` when none is healthy.
+///
+/// Round-robin has a single candidate, rotated by the caller. Weighted,
+/// failover, geolocation and latency pickers arrive with their own issues;
+/// until then the controlplane's first (best-ranked) candidate serves.
+fn pick(plan: &Plan) -> Option<&Candidate> {
+    let c = match plan.policy {
+        Policy::RoundRobin => plan.candidates.first(),
+        Policy::Unspecified | Policy::Weighted | Policy::Failover | Policy::Geolocation | Policy::Latency => {
+            plan.candidates.first()
+        }
+    };
+    c.filter(|c| !c.rrset.records.is_empty())
+}
+
+// === impl Writer ===
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Full> {
+        let end = self.len.checked_add(bytes.len()).filter(|&e| e <= self.limit).ok_or(Full)?;
+        self.buf.get_mut(self.len..end).ok_or(Full)?.copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+
+    fn put_u16(&mut self, v: u16) -> Result<(), Full> {
+        self.put(&v.to_be_bytes())
+    }
+
+    /// Writes the owner: a pointer to the suffix of length `suffix_len` of
+    /// the name at `name`, or the suffix itself when no pointer can reach it.
+    fn put_owner(&mut self, name: NameAt<'_>, suffix_len: usize) -> Result<(), Full> {
+        let skip = name.name.len().saturating_sub(suffix_len);
+        let target = name.at + skip;
+        if target < 0x4000 {
+            self.put_u16(0xC000 | target as u16)
+        } else {
+            self.put(name.name.get(skip..).ok_or(Full)?)
+        }
+    }
+
+    fn set_u16(&mut self, at: usize, v: u16) {
+        if let Some(b) = self.buf.get_mut(at..at + 2) {
+            b.copy_from_slice(&v.to_be_bytes());
+        }
+    }
+}
+
+// === impl Reply ===
+
+impl<'a> Reply<'a> {
+    /// Writes a header placeholder and the question (if any).
+    fn start(out: &'a mut [u8], limit: usize, flags: u16, id: u16, q: Option<&Question>) -> Option<Self> {
+        let limit = limit.min(out.len());
+        let mut r = Self {
+            w: Writer { buf: out, len: 0, limit },
+            flags,
+            aa: false,
+            tc: false,
+            rcode: rcode::NOERROR,
+            qdcount: 0,
+            question_end: HEADER_LEN,
+            ancount: 0,
+            nscount: 0,
+            arcount: 0,
+        };
+        r.w.put(&[0; HEADER_LEN]).ok()?;
+        r.w.set_u16(0, id);
+        if let Some(q) = q {
+            r.w.put(q.name()).ok()?;
+            r.w.put_u16(q.qtype).ok()?;
+            r.w.put_u16(q.qclass).ok()?;
+            r.qdcount = 1;
+            r.question_end = r.w.len;
+        }
+        Some(r)
+    }
+
+    /// Drops every record written after `len`.
+    fn truncate(&mut self, len: usize) {
+        self.w.len = len;
+        self.ancount = 0;
+        self.nscount = 0;
+        self.arcount = 0;
+    }
+
+    /// Writes `count` records of `rrset` starting at record `start` (wrapping),
+    /// all owned by `owner`, plus the RRSIGs when `dnssec_ok`. Returns the
+    /// offset of the first record's RDATA.
+    fn put_rrset(&mut self, owner: NameAt<'_>, rrset: &RRset, start: usize, count: usize, dnssec_ok: bool) -> Result<usize, Full> {
+        let first = self.put_records(owner, &rrset.records, start, count)?;
+        self.ancount = self.ancount.saturating_add(count as u16);
+        // DNSSEC hook: signatures are precomputed by the controlplane; a
+        // rotated RRset keeps them valid (validators sort records).
+        if dnssec_ok && !rrset.sigs.is_empty() {
+            self.put_records(owner, &rrset.sigs, 0, rrset.sigs.len())?;
+            self.ancount = self.ancount.saturating_add(rrset.sigs.len() as u16);
+        }
+        Ok(first)
+    }
+
+    fn put_records(&mut self, owner: NameAt<'_>, records: &Records, start: usize, count: usize) -> Result<usize, Full> {
+        let n = records.len();
+        let mut first = self.w.len;
+        for i in 0..count.min(n) {
+            self.w.put_owner(owner, owner.name.len())?;
+            if i == 0 {
+                first = self.w.len + 10;
+            }
+            self.w.put(records.get((start + i) % n).ok_or(Full)?)?;
+        }
+        Ok(first)
+    }
+
+    /// Answers a plan's picked candidate, rotated by the worker's counter.
+    fn put_candidate(&mut self, plan: &Plan, c: &Candidate, owner: NameAt<'_>, dnssec_ok: bool, state: &mut WorkerState) -> Result<(), Full> {
+        let n = c.rrset.records.len();
+        let count = match plan.max_answers {
+            0 => n,
+            m => n.min(m as usize),
+        };
+        let start = state.rotation.checked_rem(n as u64).unwrap_or(0) as usize;
+        state.rotation = state.rotation.wrapping_add(1);
+        self.put_rrset(owner, &c.rrset, start, count, dnssec_ok).map(drop)
+    }
+
+    /// SOA of `zone` in the authority section, TTL = negative TTL; its owner
+    /// points at the apex suffix of `name`.
+    fn put_negative_soa(&mut self, zone: &Zone, name: NameAt<'_>, _dnssec_ok: bool) -> Result<(), Full> {
+        // DNSSEC hook: the SOA's RRSIG and the denial records (NSEC) join here.
+        let soa = &zone.soa_negative;
+        for i in 0..soa.len() {
+            self.w.put_owner(name, zone.apex.len())?;
+            self.w.put(soa.get(i).ok_or(Full)?)?;
+            self.nscount = self.nscount.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    /// Appends OPT when the query had one, patches the header, returns the length.
+    fn finish(mut self, edns: Option<Edns>, our_udp: u16) -> Option<usize> {
+        let ext = self.rcode >> 4;
+        if let Some(e) = edns {
+            let ttl = (u32::from(ext) << 24) | if e.dnssec_ok { 0x8000 } else { 0 };
+            let mut opt = [0u8; OPT_LEN];
+            opt[1..3].copy_from_slice(&rtype::OPT.to_be_bytes());
+            opt[3..5].copy_from_slice(&our_udp.to_be_bytes());
+            opt[5..9].copy_from_slice(&ttl.to_be_bytes());
+            if self.w.put(&opt).is_err() {
+                // Not even OPT fits: drop records, keep the question.
+                self.truncate(self.question_end);
+                self.tc = true;
+                self.w.put(&opt).ok()?;
+            }
+            self.arcount = self.arcount.saturating_add(1);
+        }
+        let mut f = self.flags | (self.rcode & flags::RCODE_MASK);
+        if self.aa {
+            f |= flags::AA;
+        }
+        if self.tc {
+            f |= flags::TC;
+        }
+        self.w.set_u16(2, f);
+        self.w.set_u16(4, self.qdcount);
+        self.w.set_u16(6, self.ancount);
+        self.w.set_u16(8, self.nscount);
+        self.w.set_u16(10, self.arcount);
+        Some(self.w.len)
+    }
+}

@@ -1,0 +1,224 @@
+//! The snapshot stream client: one task per configured controlplane.
+//!
+//! Each task subscribes, applies what arrives (full snapshots, deltas against
+//! the last full one of the same stream), and hands the result to the
+//! [`Publisher`], which validates, serves and caches it. A broken or ended
+//! stream is a reconnect with exponential backoff and jitter; the served
+//! snapshot is untouched meanwhile (STYLE habit 11).
+
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc, OnceLock},
+    time::Duration,
+};
+
+use opengslb_proto::{
+    snapshot_service_client::SnapshotServiceClient, snapshot_update::Kind, SubscribeRequest,
+};
+use rand::Rng;
+use tokio::sync::{Mutex, Notify};
+
+use crate::{
+    cache::SnapshotCacheFile, delta, handle::SnapshotHandle, metrics::Metrics, snapshot::Snapshot,
+};
+
+/// Largest snapshot message accepted from a controlplane.
+const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+
+/// Validates, publishes and caches snapshots from any stream.
+#[derive(Debug)]
+pub struct Publisher {
+    handle: Arc<OnceLock<Arc<SnapshotHandle>>>,
+    ready: Notify,
+    cache: SnapshotCacheFile,
+    metrics: Arc<Metrics>,
+    /// Serialises publishes (and cache writes) across streams.
+    lock: Mutex<()>,
+}
+
+// === impl Publisher ===
+
+impl Publisher {
+    /// A publisher with nothing served yet.
+    pub fn new(cache: SnapshotCacheFile, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            handle: Arc::new(OnceLock::new()),
+            ready: Notify::new(),
+            cache,
+            metrics,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The shared slot holding the handle once a first snapshot exists.
+    pub fn handle_slot(&self) -> Arc<OnceLock<Arc<SnapshotHandle>>> {
+        self.handle.clone()
+    }
+
+    /// Serves the cached snapshot, if there is a valid one.
+    pub fn load_cache(&self) -> bool {
+        let proto = match self.cache.load() {
+            Ok(Some(p)) => p,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring snapshot cache");
+                return false;
+            }
+        };
+        match Snapshot::try_from(&proto) {
+            Ok(snap) => {
+                tracing::info!(
+                    generation = snap.generation(),
+                    path = %self.cache.path().display(),
+                    "serving cached snapshot until a controlplane answers"
+                );
+                let _ = self.handle.set(Arc::new(SnapshotHandle::new(snap, true)));
+                self.ready.notify_waiters();
+                true
+            }
+            Err(e) => {
+                self.metrics.snapshots_rejected.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "cached snapshot is invalid; ignoring it");
+                false
+            }
+        }
+    }
+
+    /// Waits until some snapshot is being served.
+    pub async fn ready(&self) -> Arc<SnapshotHandle> {
+        loop {
+            let notified = self.ready.notified();
+            if let Some(h) = self.handle.get() {
+                return h.clone();
+            }
+            notified.await;
+        }
+    }
+
+    /// Validates `proto`, serves it if it is newer, and caches it.
+    /// Returns whether it is now served.
+    pub async fn publish(&self, proto: &opengslb_proto::Snapshot) -> bool {
+        let snap = match Snapshot::try_from(proto) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.snapshots_rejected.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    generation = proto.generation,
+                    error = %e,
+                    "rejected snapshot; still serving the previous one"
+                );
+                return false;
+            }
+        };
+        let _guard = self.lock.lock().await;
+        let generation = snap.generation();
+        match self.handle.get() {
+            None => {
+                let _ = self.handle.set(Arc::new(SnapshotHandle::new(snap, false)));
+                self.ready.notify_waiters();
+            }
+            Some(h) => {
+                if !h.is_from_cache() && generation <= h.generation() {
+                    tracing::debug!(generation, "snapshot not newer than the one served");
+                    return false;
+                }
+                h.store(snap);
+            }
+        }
+        self.metrics.snapshots_applied.fetch_add(1, Relaxed);
+        tracing::info!(generation, origin = %proto.origin, "serving snapshot");
+        let cache = self.cache.clone();
+        let proto = proto.clone();
+        match tokio::task::spawn_blocking(move || cache.store(&proto)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not write snapshot cache"),
+            Err(e) => tracing::warn!(error = %e, "snapshot cache writer failed"),
+        }
+        true
+    }
+}
+
+/// Follows one controlplane forever, reconnecting with backoff.
+pub async fn follow(uri: String, node_id: String, publisher: Arc<Publisher>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match stream_once(&uri, &node_id, &publisher).await {
+            Ok(got_any) => {
+                tracing::warn!(%uri, "snapshot stream ended; reconnecting");
+                if got_any {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+            Err((got_any, e)) => {
+                tracing::warn!(%uri, error = %e, "snapshot stream failed; reconnecting");
+                if got_any {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+        }
+        publisher.metrics.stream_errors.fetch_add(1, Relaxed);
+        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One subscription. `Ok(got_any)` when the stream ended cleanly.
+async fn stream_once(
+    uri: &str,
+    node_id: &str,
+    publisher: &Publisher,
+) -> Result<bool, (bool, String)> {
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.to_string())
+        .map_err(|e| (false, e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let channel = endpoint.connect().await.map_err(|e| (false, e.to_string()))?;
+    let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let have_generation = publisher.handle.get().map_or(0, |h| h.generation());
+    let mut stream = client
+        .subscribe(SubscribeRequest {
+            node_id: node_id.to_string(),
+            have_generation,
+        })
+        .await
+        .map_err(|s| (false, s.message().to_string()))?
+        .into_inner();
+    tracing::info!(%uri, "subscribed to controlplane");
+    let mut base: Option<opengslb_proto::Snapshot> = None;
+    let mut got_any = false;
+    loop {
+        let update = match stream.message().await {
+            Ok(Some(u)) => u,
+            Ok(None) => return Ok(got_any),
+            Err(s) => return Err((got_any, s.message().to_string())),
+        };
+        got_any = true;
+        let full = match update.kind {
+            Some(Kind::Full(s)) => s,
+            Some(Kind::Delta(d)) => {
+                let Some(b) = base.as_ref() else {
+                    publisher.metrics.snapshots_rejected.fetch_add(1, Relaxed);
+                    return Err((got_any, "delta before any full snapshot".into()));
+                };
+                match delta::apply(b, d) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        publisher.metrics.snapshots_rejected.fetch_add(1, Relaxed);
+                        return Err((got_any, e.to_string()));
+                    }
+                }
+            }
+            None => {
+                publisher.metrics.snapshots_rejected.fetch_add(1, Relaxed);
+                tracing::warn!(%uri, "empty snapshot update ignored");
+                continue;
+            }
+        };
+        // Later deltas are computed against what was sent, valid or not.
+        publisher.publish(&full).await;
+        base = Some(full);
+    }
+}

@@ -1,0 +1,639 @@
+//! The dataplane's own snapshot: the validated, compiled answer tables.
+//!
+//! A [`Snapshot`] is built once per update from the wire contract
+//! (`opengslb_proto::Snapshot`) by `TryFrom`, which checks everything the
+//! answer path relies on and refuses the whole message with an
+//! [`InvalidSnapshot`] otherwise (the caller then keeps serving the previous
+//! one). The input comes from the network: conversion never panics.
+//!
+//! Compile on update, look up on query. After conversion:
+//! - every owner name is a lower-case wire-format key in one hash map
+//!   (`Box<[u8]>` keys, looked up with `&[u8]`, so a lookup allocates nothing);
+//!   zone apexes have their own map, and every apex is a node (the zone's SOA,
+//!   NS and DNSKEY are merged into its static RRsets);
+//! - every RRset is pre-encoded as the bytes that follow each record's owner
+//!   (TYPE, CLASS, TTL, RDLENGTH, RDATA) with per-record offsets, so the
+//!   answer path writes a 2-octet compression pointer for the owner and then
+//!   copies records in any (rotated) order;
+//! - each zone also holds its SOA re-encoded with the negative TTL
+//!   (RFC 2308 §3), ready for the authority section of NXDOMAIN/NODATA.
+//!
+//! Invariants the answer path may rely on: names are valid and lower-case,
+//! every node lies in the closest enclosing zone of the snapshot, a node has at
+//! most one RRset and one plan per type and never both for one type, a CNAME
+//! node holds nothing else and its one target is a valid name, plans are A or
+//! AAAA and each record's RDATA matches its type's length.
+
+use std::collections::HashMap;
+
+use opengslb_proto as proto;
+use thiserror::Error;
+
+use crate::wire::{self, rtype, LabelOffsets};
+
+// === constants ===
+
+/// UDP payload size advertised when the snapshot does not set one (the DNS
+/// flag day 2020 value).
+pub const DEFAULT_EDNS_UDP_SIZE: u16 = 1232;
+
+// === types ===
+
+/// Why a proto snapshot was refused. Formatted errors are fine here: this is
+/// the control stream, not the query path.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum InvalidSnapshot {
+    /// A name that is not valid uncompressed wire format.
+    #[error("{what}: not a valid wire-format name")]
+    BadName {
+        /// Where the name was found.
+        what: &'static str,
+    },
+    /// A name with upper-case ASCII letters.
+    #[error("{what}: name is not lower-case")]
+    NotLowerCase {
+        /// Where the name was found.
+        what: &'static str,
+    },
+    /// A node names a zone index the snapshot does not have.
+    #[error("node zone index {index} out of range ({zones} zones)")]
+    ZoneIndex {
+        /// The index.
+        index: u32,
+        /// Number of zones.
+        zones: usize,
+    },
+    /// A node outside its zone, or in a zone other than the closest enclosing one.
+    #[error("node {node} is not in the closest enclosing zone")]
+    NodeOutsideZone {
+        /// Index of the node in the message.
+        node: usize,
+    },
+    /// Two nodes with the same name.
+    #[error("duplicate node (index {node})")]
+    DuplicateNode {
+        /// Index of the second node.
+        node: usize,
+    },
+    /// Two zones with the same apex.
+    #[error("duplicate zone (index {zone})")]
+    DuplicateZone {
+        /// Index of the second zone.
+        zone: usize,
+    },
+    /// A zone without exactly one SOA record, or with malformed SOA RDATA.
+    #[error("zone {zone}: missing or malformed SOA")]
+    MissingSoa {
+        /// Index of the zone.
+        zone: usize,
+    },
+    /// A plan for a type other than A or AAAA.
+    #[error("plan for record type {rtype}: only A and AAAA are load-balanced")]
+    PlanType {
+        /// The type.
+        rtype: u32,
+    },
+    /// A candidate RRset whose type is neither 0 nor the plan's.
+    #[error("candidate of type {rtype} in a plan for type {plan}")]
+    CandidateType {
+        /// The candidate's type.
+        rtype: u32,
+        /// The plan's type.
+        plan: u32,
+    },
+    /// A record type that cannot be served as data (0, OPT, RRSIG, meta types, > 65535).
+    #[error("record type {rtype} cannot be served")]
+    BadType {
+        /// The type.
+        rtype: u32,
+    },
+    /// A static RRset with no records.
+    #[error("empty RRset of type {rtype}")]
+    EmptyRRset {
+        /// The type.
+        rtype: u32,
+    },
+    /// Two RRsets or plans of one type at one owner.
+    #[error("more than one RRset or plan of type {rtype} at one owner")]
+    DuplicateType {
+        /// The type.
+        rtype: u32,
+    },
+    /// RDATA of the wrong length for its type (A: 4, AAAA: 16).
+    #[error("record of type {rtype} with {len} octets of RDATA")]
+    BadRdata {
+        /// The type.
+        rtype: u32,
+        /// The RDATA length.
+        len: usize,
+    },
+    /// RDATA longer than 65535 octets.
+    #[error("RDATA of {len} octets is too long")]
+    RdataTooLong {
+        /// The length.
+        len: usize,
+    },
+    /// A CNAME next to other data, with more than one record, or with a bad target.
+    #[error("CNAME must be alone at its owner, single, and name a valid target")]
+    BadCname,
+}
+
+/// The compiled, validated answer tables of one generation.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    generation: u64,
+    edns_udp_size: u16,
+    zones: Box<[Zone]>,
+    nodes: Box<[Node]>,
+    /// Lower-case wire name → index into `nodes`.
+    names: HashMap<Box<[u8]>, u32>,
+    /// Lower-case wire apex → index into `zones`.
+    apexes: HashMap<Box<[u8]>, u32>,
+}
+
+/// One zone: its apex, and its SOA encoded for negative answers.
+#[derive(Debug)]
+pub(crate) struct Zone {
+    pub(crate) apex: Box<[u8]>,
+    /// The SOA with TTL = negative TTL, for the authority section.
+    pub(crate) soa_negative: Records,
+}
+
+/// One owner name (possibly an empty non-terminal).
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) zone: u32,
+    /// Static RRsets; at an apex SOA, NS and DNSKEY come first, in that order.
+    pub(crate) rrsets: Box<[RRset]>,
+    pub(crate) plans: Box<[Plan]>,
+    /// Lower-case target of the node's CNAME, if it has one.
+    pub(crate) cname_target: Option<Box<[u8]>>,
+}
+
+/// Pre-encoded records: each is TYPE CLASS TTL RDLENGTH RDATA, the owner left
+/// for the answer path to write.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    bytes: Box<[u8]>,
+    /// End offset of each record in `bytes`; record `i` starts at `ends[i-1]` (or 0).
+    ends: Box<[u32]>,
+}
+
+/// One RRset, encoded, with the RRSIGs covering it.
+#[derive(Debug)]
+pub(crate) struct RRset {
+    pub(crate) rtype: u16,
+    pub(crate) records: Records,
+    pub(crate) sigs: Records,
+}
+
+/// A load-balanced answer for one type.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) rtype: u16,
+    pub(crate) policy: proto::Policy,
+    /// Records per answer; 0 = all.
+    pub(crate) max_answers: u32,
+    pub(crate) candidates: Box<[Candidate]>,
+    pub(crate) when_all_down: proto::WhenAllDown,
+}
+
+/// One candidate of a plan.
+#[derive(Debug)]
+pub(crate) struct Candidate {
+    pub(crate) rrset: RRset,
+    /// Weighted policy: relative weight (read by the weighted picker, to come).
+    #[allow(dead_code)]
+    pub(crate) weight: u32,
+    /// Geolocation policy: region index (read by the geo picker, to come).
+    #[allow(dead_code)]
+    pub(crate) region: u32,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Generation of the controlplane snapshot this was compiled from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// UDP payload size this server advertises and sends up to.
+    pub fn edns_udp_size(&self) -> u16 {
+        self.edns_udp_size.max(512)
+    }
+
+    /// Number of owner names (apexes and empty non-terminals included).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Number of zones.
+    pub fn zone_count(&self) -> usize {
+        self.zones.len()
+    }
+
+    /// Node with this lower-case wire name.
+    pub(crate) fn node(&self, name: &[u8]) -> Option<(u32, &Node)> {
+        let &i = self.names.get(name)?;
+        Some((i, self.nodes.get(i as usize)?))
+    }
+
+    pub(crate) fn zone(&self, index: u32) -> Option<&Zone> {
+        self.zones.get(index as usize)
+    }
+
+    /// Closest enclosing zone of a lower-case wire name: the longest apex that
+    /// is a suffix of it. Returns the zone index and the apex length.
+    pub(crate) fn closest_zone(&self, name: &[u8]) -> Option<(u32, &Zone)> {
+        if self.apexes.is_empty() {
+            return None;
+        }
+        LabelOffsets::new(name).find_map(|at| {
+            let &z = self.apexes.get(name.get(at..)?)?;
+            Some((z, self.zones.get(z as usize)?))
+        })
+    }
+}
+
+impl TryFrom<&proto::Snapshot> for Snapshot {
+    type Error = InvalidSnapshot;
+
+    fn try_from(msg: &proto::Snapshot) -> Result<Self, InvalidSnapshot> {
+        let mut zones = Vec::with_capacity(msg.zones.len());
+        let mut apexes = HashMap::with_capacity(msg.zones.len());
+        for (i, z) in msg.zones.iter().enumerate() {
+            check_name(&z.apex, "zone apex")?;
+            let soa = z.soa.as_ref().ok_or(InvalidSnapshot::MissingSoa { zone: i })?;
+            if soa.rdata.len() != 1 || !is_valid_soa(&soa.rdata[0]) {
+                return Err(InvalidSnapshot::MissingSoa { zone: i });
+            }
+            let index = u32::try_from(i).map_err(|_| InvalidSnapshot::DuplicateZone { zone: i })?;
+            if apexes.insert(z.apex.clone().into_boxed_slice(), index).is_some() {
+                return Err(InvalidSnapshot::DuplicateZone { zone: i });
+            }
+            zones.push(Zone {
+                apex: z.apex.clone().into_boxed_slice(),
+                soa_negative: encode_records(rtype::SOA, z.negative_ttl, &soa.rdata)?,
+            });
+        }
+
+        let mut nodes = Vec::with_capacity(msg.nodes.len() + zones.len());
+        let mut names: HashMap<Box<[u8]>, u32> = HashMap::with_capacity(msg.nodes.len() + zones.len());
+        for (i, n) in msg.nodes.iter().enumerate() {
+            check_name(&n.name, "node name")?;
+            let zone = msg.zones.get(n.zone as usize).ok_or(InvalidSnapshot::ZoneIndex {
+                index: n.zone,
+                zones: msg.zones.len(),
+            })?;
+            if closest(&apexes, &n.name) != Some(n.zone) {
+                return Err(InvalidSnapshot::NodeOutsideZone { node: i });
+            }
+            let apex = if n.name == zone.apex { Some(zone) } else { None };
+            let node = compile_node(n, apex)?;
+            let index = u32::try_from(nodes.len()).map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
+            if names.insert(n.name.clone().into_boxed_slice(), index).is_some() {
+                return Err(InvalidSnapshot::DuplicateNode { node: i });
+            }
+            nodes.push(node);
+        }
+        // Apexes the controlplane did not send as nodes still hold SOA and NS.
+        for (i, z) in msg.zones.iter().enumerate() {
+            if names.contains_key(z.apex.as_slice()) {
+                continue;
+            }
+            let empty = proto::Node { name: z.apex.clone(), zone: i as u32, ..Default::default() };
+            let node = compile_node(&empty, Some(z))?;
+            let index = u32::try_from(nodes.len()).map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
+            names.insert(z.apex.clone().into_boxed_slice(), index);
+            nodes.push(node);
+        }
+
+        let edns = msg.options.as_ref().map_or(0, |o| o.edns_udp_size);
+        let edns_udp_size = match edns {
+            0 => DEFAULT_EDNS_UDP_SIZE,
+            n => u16::try_from(n).unwrap_or(u16::MAX).max(512),
+        };
+        Ok(Self {
+            generation: msg.generation,
+            edns_udp_size,
+            zones: zones.into_boxed_slice(),
+            nodes: nodes.into_boxed_slice(),
+            names,
+            apexes,
+        })
+    }
+}
+
+// === impl Records ===
+
+impl Records {
+    /// Number of records.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Encoded record `i` (without owner).
+    pub(crate) fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        let start = match i.checked_sub(1) {
+            Some(p) => *self.ends.get(p)? as usize,
+            None => 0,
+        };
+        self.bytes.get(start..end)
+    }
+
+    /// RDATA of record `i`.
+    pub(crate) fn rdata(&self, i: usize) -> Option<&[u8]> {
+        self.get(i)?.get(10..)
+    }
+}
+
+// === functions ===
+
+fn check_name(name: &[u8], what: &'static str) -> Result<(), InvalidSnapshot> {
+    if !wire::is_valid_name(name) {
+        return Err(InvalidSnapshot::BadName { what });
+    }
+    if name.iter().any(u8::is_ascii_uppercase) {
+        return Err(InvalidSnapshot::NotLowerCase { what });
+    }
+    Ok(())
+}
+
+/// Index of the closest enclosing zone of `name` among `apexes`.
+fn closest(apexes: &HashMap<Box<[u8]>, u32>, name: &[u8]) -> Option<u32> {
+    LabelOffsets::new(name).find_map(|at| apexes.get(name.get(at..)?).copied())
+}
+
+fn is_valid_soa(rdata: &[u8]) -> bool {
+    let Some(m) = wire::name_len(rdata) else { return false };
+    let Some(r) = rdata.get(m..).and_then(wire::name_len) else { return false };
+    rdata.len() == m + r + 20
+}
+
+fn servable_type(t: u32) -> Result<u16, InvalidSnapshot> {
+    match u16::try_from(t) {
+        Ok(0 | rtype::OPT | rtype::RRSIG | 128..=255) | Err(_) => Err(InvalidSnapshot::BadType { rtype: t }),
+        Ok(t) => Ok(t),
+    }
+}
+
+fn check_rdata(t: u16, rdata: &[u8]) -> Result<(), InvalidSnapshot> {
+    let want = match t {
+        rtype::A => Some(4),
+        rtype::AAAA => Some(16),
+        _ => None,
+    };
+    if want.is_some_and(|w| w != rdata.len()) {
+        return Err(InvalidSnapshot::BadRdata { rtype: u32::from(t), len: rdata.len() });
+    }
+    Ok(())
+}
+
+/// Encodes TYPE CLASS TTL RDLENGTH RDATA for each record.
+fn encode_records(t: u16, ttl: u32, rdatas: &[Vec<u8>]) -> Result<Records, InvalidSnapshot> {
+    let total: usize = rdatas.iter().map(|r| r.len() + 10).sum();
+    let mut bytes = Vec::with_capacity(total);
+    let mut ends = Vec::with_capacity(rdatas.len());
+    for r in rdatas {
+        let len = u16::try_from(r.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: r.len() })?;
+        bytes.extend_from_slice(&t.to_be_bytes());
+        bytes.extend_from_slice(&wire::class::IN.to_be_bytes());
+        bytes.extend_from_slice(&ttl.to_be_bytes());
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(r);
+        let end = u32::try_from(bytes.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: bytes.len() })?;
+        ends.push(end);
+    }
+    Ok(Records { bytes: bytes.into_boxed_slice(), ends: ends.into_boxed_slice() })
+}
+
+/// Validates and encodes one RRset of type `t` (already checked servable).
+fn compile_rrset(t: u16, r: &proto::RRset) -> Result<RRset, InvalidSnapshot> {
+    for rd in &r.rdata {
+        check_rdata(t, rd)?;
+    }
+    Ok(RRset {
+        rtype: t,
+        records: encode_records(t, r.ttl, &r.rdata)?,
+        sigs: encode_records(rtype::RRSIG, r.ttl, &r.rrsig)?,
+    })
+}
+
+/// Compiles a node; `apex` is its zone when the node is the zone's apex.
+fn compile_node(n: &proto::Node, apex: Option<&proto::Zone>) -> Result<Node, InvalidSnapshot> {
+    let mut rrsets = Vec::with_capacity(n.rrsets.len() + 3);
+    if let Some(z) = apex {
+        // Checked by the caller: the SOA exists.
+        if let Some(soa) = &z.soa {
+            rrsets.push(compile_rrset(rtype::SOA, soa)?);
+        }
+        for (t, r) in [(rtype::NS, &z.ns), (rtype::DNSKEY, &z.dnskey)] {
+            if let Some(r) = r.as_ref().filter(|r| !r.rdata.is_empty()) {
+                rrsets.push(compile_rrset(t, r)?);
+            }
+        }
+    }
+    let mut cname_target = None;
+    for r in &n.rrsets {
+        let t = servable_type(r.rtype)?;
+        if r.rdata.is_empty() {
+            return Err(InvalidSnapshot::EmptyRRset { rtype: r.rtype });
+        }
+        if rrsets.iter().any(|x: &RRset| x.rtype == t) {
+            return Err(InvalidSnapshot::DuplicateType { rtype: r.rtype });
+        }
+        if t == rtype::CNAME {
+            let [target] = r.rdata.as_slice() else { return Err(InvalidSnapshot::BadCname) };
+            if !wire::is_valid_name(target) {
+                return Err(InvalidSnapshot::BadCname);
+            }
+            cname_target = Some(target.to_ascii_lowercase().into_boxed_slice());
+        }
+        rrsets.push(compile_rrset(t, r)?);
+    }
+
+    let mut plans: Vec<Plan> = Vec::with_capacity(n.plans.len());
+    for p in &n.plans {
+        let t = match u16::try_from(p.rtype) {
+            Ok(t @ (rtype::A | rtype::AAAA)) => t,
+            _ => return Err(InvalidSnapshot::PlanType { rtype: p.rtype }),
+        };
+        if rrsets.iter().any(|x| x.rtype == t) || plans.iter().any(|x| x.rtype == t) {
+            return Err(InvalidSnapshot::DuplicateType { rtype: p.rtype });
+        }
+        let mut candidates = Vec::with_capacity(p.candidates.len());
+        for c in &p.candidates {
+            let Some(r) = &c.rrset else { continue };
+            if r.rtype != 0 && r.rtype != p.rtype {
+                return Err(InvalidSnapshot::CandidateType { rtype: r.rtype, plan: p.rtype });
+            }
+            candidates.push(Candidate { rrset: compile_rrset(t, r)?, weight: c.weight, region: c.region });
+        }
+        plans.push(Plan {
+            rtype: t,
+            // Unknown enum values (a newer controlplane) fall back to the defaults.
+            policy: proto::Policy::try_from(p.policy).unwrap_or(proto::Policy::Unspecified),
+            max_answers: p.max_answers,
+            candidates: candidates.into_boxed_slice(),
+            when_all_down: proto::WhenAllDown::try_from(p.when_all_down).unwrap_or(proto::WhenAllDown::Unspecified),
+        });
+    }
+
+    if cname_target.is_some() && (rrsets.len() > 1 || !plans.is_empty()) {
+        return Err(InvalidSnapshot::BadCname);
+    }
+    Ok(Node {
+        zone: n.zone,
+        rrsets: rrsets.into_boxed_slice(),
+        plans: plans.into_boxed_slice(),
+        cname_target,
+    })
+}
+
+// === tests ===
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::tests::{fixture, name, rrset};
+
+    fn err(mutate: impl FnOnce(&mut proto::Snapshot)) -> InvalidSnapshot {
+        let mut s = fixture();
+        mutate(&mut s);
+        Snapshot::try_from(&s).unwrap_err()
+    }
+
+    #[test]
+    fn fixture_compiles() {
+        let s = Snapshot::try_from(&fixture()).unwrap();
+        assert_eq!(s.generation(), 42);
+        assert_eq!(s.zone_count(), 1);
+        assert_eq!(s.edns_udp_size(), DEFAULT_EDNS_UDP_SIZE);
+        let (_, www) = s.node(&name("www.gslb.test.")).unwrap();
+        assert_eq!(www.plans.len(), 2);
+        assert_eq!(www.plans[0].candidates[0].rrset.records.len(), 3);
+        assert_eq!(www.plans[0].candidates[0].rrset.records.rdata(1), Some(&[192, 0, 2, 2][..]));
+        let (_, apex) = s.node(&name("gslb.test.")).unwrap();
+        assert_eq!(apex.rrsets[0].rtype, rtype::SOA);
+        assert_eq!(apex.rrsets[1].rtype, rtype::NS);
+        assert!(s.node(&name("b.gslb.test.")).is_some());
+        assert_eq!(s.closest_zone(&name("x.y.gslb.test.")).unwrap().0, 0);
+        assert!(s.closest_zone(&name("example.com.")).is_none());
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert!(matches!(err(|s| s.nodes[0].name = b"\x03www".to_vec()), InvalidSnapshot::BadName { .. }));
+        assert!(matches!(err(|s| s.nodes[0].name = name("WWW.gslb.test.")), InvalidSnapshot::NotLowerCase { .. }));
+        assert!(matches!(err(|s| s.zones[0].apex = b"\xC0\x0C".to_vec()), InvalidSnapshot::BadName { .. }));
+    }
+
+    #[test]
+    fn rejects_bad_structure() {
+        assert!(matches!(err(|s| s.nodes[0].zone = 7), InvalidSnapshot::ZoneIndex { index: 7, .. }));
+        assert!(matches!(err(|s| s.nodes[0].name = name("www.other.")), InvalidSnapshot::NodeOutsideZone { .. }));
+        assert!(matches!(
+            err(|s| {
+                let n = s.nodes[0].clone();
+                s.nodes.push(n);
+            }),
+            InvalidSnapshot::DuplicateNode { .. }
+        ));
+        assert!(matches!(
+            err(|s| {
+                let z = s.zones[0].clone();
+                s.zones.push(z);
+            }),
+            InvalidSnapshot::DuplicateZone { zone: 1 }
+        ));
+        assert!(matches!(err(|s| s.zones[0].soa = None), InvalidSnapshot::MissingSoa { zone: 0 }));
+        assert!(matches!(err(|s| s.zones[0].soa.as_mut().unwrap().rdata[0].pop().map(drop).unwrap()), InvalidSnapshot::MissingSoa { .. }));
+        // A node that belongs in a child zone must name the child zone.
+        assert!(matches!(
+            err(|s| {
+                let mut z = s.zones[0].clone();
+                z.apex = name("sub.gslb.test.");
+                s.zones.push(z);
+                s.nodes.push(proto::Node { name: name("x.sub.gslb.test."), zone: 0, ..Default::default() });
+            }),
+            InvalidSnapshot::NodeOutsideZone { .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        let www = |s: &mut proto::Snapshot| s.nodes.iter_mut().find(|n| n.name == name("www.gslb.test.")).unwrap().clone();
+        let _ = www;
+        fn node<'a>(s: &'a mut proto::Snapshot, n: &str) -> &'a mut proto::Node {
+            s.nodes.iter_mut().find(|x| x.name == name(n)).unwrap()
+        }
+        assert!(matches!(
+            err(|s| node(s, "www.gslb.test.").plans[0].candidates[0].rrset.as_mut().unwrap().rdata[0].push(0)),
+            InvalidSnapshot::BadRdata { rtype: 1, len: 5 }
+        ));
+        assert!(matches!(
+            err(|s| node(s, "www.gslb.test.").plans[1].candidates[0].rrset.as_mut().unwrap().rdata[0].pop().map(drop).unwrap()),
+            InvalidSnapshot::BadRdata { rtype: 28, len: 15 }
+        ));
+        assert!(matches!(err(|s| node(s, "www.gslb.test.").plans[0].rtype = 16), InvalidSnapshot::PlanType { rtype: 16 }));
+        assert!(matches!(
+            err(|s| {
+                let p = node(s, "www.gslb.test.").plans[0].clone();
+                node(s, "www.gslb.test.").plans.push(p);
+            }),
+            InvalidSnapshot::DuplicateType { rtype: 1 }
+        ));
+        assert!(matches!(
+            err(|s| node(s, "api.gslb.test.").rrsets.push(rrset(1, 60, vec![vec![1, 2, 3, 4]]))),
+            InvalidSnapshot::DuplicateType { rtype: 1 }
+        ));
+        assert!(matches!(
+            err(|s| node(s, "txt.gslb.test.").rrsets[0].rdata = vec![vec![0; 70_000]]),
+            InvalidSnapshot::RdataTooLong { len: 70_000 }
+        ));
+        assert!(matches!(err(|s| node(s, "txt.gslb.test.").rrsets[0].rdata.clear()), InvalidSnapshot::EmptyRRset { rtype: 16 }));
+        assert!(matches!(err(|s| node(s, "txt.gslb.test.").rrsets[0].rtype = 41), InvalidSnapshot::BadType { rtype: 41 }));
+        assert!(matches!(err(|s| node(s, "txt.gslb.test.").rrsets[0].rtype = 70_000), InvalidSnapshot::BadType { .. }));
+        assert!(matches!(
+            err(|s| node(s, "alias.gslb.test.").rrsets.push(rrset(16, 60, vec![b"\x01x".to_vec()]))),
+            InvalidSnapshot::BadCname
+        ));
+        assert!(matches!(err(|s| node(s, "alias.gslb.test.").rrsets[0].rdata[0] = b"\x03www".to_vec()), InvalidSnapshot::BadCname));
+        assert!(matches!(
+            err(|s| node(s, "www.gslb.test.").plans[0].candidates[0].rrset.as_mut().unwrap().rtype = 28),
+            InvalidSnapshot::CandidateType { rtype: 28, plan: 1 }
+        ));
+    }
+
+    #[test]
+    fn never_panics_on_odd_input() {
+        // Empty, default and absurd messages convert or fail, never panic.
+        assert!(Snapshot::try_from(&proto::Snapshot::default()).is_ok());
+        let mut s = fixture();
+        s.options = Some(proto::ServeOptions { edns_udp_size: 1_000_000, ecs_enabled: false });
+        assert_eq!(Snapshot::try_from(&s).unwrap().edns_udp_size(), u16::MAX);
+        s.options = Some(proto::ServeOptions { edns_udp_size: 100, ecs_enabled: false });
+        assert_eq!(Snapshot::try_from(&s).unwrap().edns_udp_size(), 512);
+        s.nodes[0].plans[0].policy = 99;
+        s.nodes[0].plans[0].when_all_down = -3;
+        assert!(Snapshot::try_from(&s).is_ok());
+        // Random bytes as names.
+        let mut seed = 7u64;
+        for _ in 0..2000 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let len = (seed >> 58) as usize;
+            let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8 % 8).collect();
+            let mut s = fixture();
+            s.nodes[(seed >> 20) as usize % s.nodes.len()].name = bytes.clone();
+            let _ = Snapshot::try_from(&s);
+            s.zones[0].apex = bytes;
+            let _ = Snapshot::try_from(&s);
+        }
+    }
+}
