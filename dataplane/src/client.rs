@@ -14,7 +14,6 @@ use std::{
 use opengslb_proto::{
     snapshot_service_client::SnapshotServiceClient, snapshot_update::Kind, SubscribeRequest,
 };
-use rand::Rng;
 use tokio::sync::{Mutex, Notify};
 
 use crate::{
@@ -156,10 +155,18 @@ pub async fn follow(uri: String, node_id: String, publisher: Arc<Publisher>) {
             }
         }
         publisher.metrics.stream_errors.fetch_add(1, Relaxed);
-        let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        tokio::time::sleep(backoff + jitter(backoff / 2)).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Up to `max` of jitter, so a fleet of dataplanes does not reconnect in step.
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let max_ms = u32::try_from(max.as_millis()).unwrap_or(u32::MAX).max(1);
+    Duration::from_millis(u64::from(nanos % max_ms))
 }
 
 /// One subscription. `Ok(got_any)` when the stream ended cleanly.
