@@ -112,6 +112,13 @@ struct NameAt<'n> {
     name: &'n [u8],
 }
 
+/// A query answered without records: its RCODE, and what of it parsed.
+struct Early {
+    question: Option<Question>,
+    edns: Option<Edns>,
+    rcode: u16,
+}
+
 /// What a node holds for a query type.
 enum Data<'s> {
     Plan(&'s Plan),
@@ -147,39 +154,20 @@ pub fn answer(
     let reply_flags = flags::QR | (header.flags & (flags::OPCODE_MASK | flags::RD | flags::CD));
     let our_udp = snapshot.edns_udp_size();
 
-    if header.opcode() != 0 {
-        let q = Question::parse(query, &header).ok();
-        let edns = q.as_ref().and_then(|q| wire::parse_edns(query, &header, q.end).ok().flatten());
-        return error_reply(out, reply_flags, header.id, q.as_ref(), edns, our_udp, rcode::NOTIMP);
-    }
-    let Ok(q) = Question::parse(query, &header) else {
-        return error_reply(out, reply_flags, header.id, None, None, our_udp, rcode::FORMERR);
-    };
-    let edns = match wire::parse_edns(query, &header, q.end) {
-        Ok(e) => e,
-        Err(_) => return error_reply(out, reply_flags, header.id, Some(&q), None, our_udp, rcode::FORMERR),
-    };
-    if edns.is_some_and(|e| e.version > 0) {
-        return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::BADVERS);
-    }
-    if q.qclass != wire::class::IN && q.qclass != wire::class::ANY {
-        return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::REFUSED);
-    }
-    match q.qtype {
-        rtype::OPT | 250 => return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::FORMERR),
-        rtype::AXFR | rtype::IXFR => {
-            return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::REFUSED)
+    let (q, edns) = match screen(query, &header) {
+        Ok(ok) => ok,
+        Err(e) => {
+            let q = e.question.as_ref();
+            return error_reply(out, reply_flags, header.id, q, e.edns, our_udp, e.rcode);
         }
-        128..=249 | rtype::MAILB | rtype::MAILA => {
-            return error_reply(out, reply_flags, header.id, Some(&q), edns, our_udp, rcode::NOTIMP)
-        }
-        _ => {}
-    }
+    };
 
     let limit = match (transport, edns) {
         (Transport::Tcp, _) => MAX_TCP,
         (Transport::Udp, None) => MIN_UDP,
-        (Transport::Udp, Some(e)) => usize::from(e.udp_size).max(MIN_UDP).min(usize::from(our_udp)),
+        (Transport::Udp, Some(e)) => usize::from(e.udp_size)
+            .max(MIN_UDP)
+            .min(usize::from(our_udp)),
     };
     let mut r = Reply::start(out, limit, reply_flags, header.id, Some(&q))?;
     let prefix = r.w.len;
@@ -193,6 +181,55 @@ pub fn answer(
     }
     r.w.limit = r.w.limit.saturating_add(opt_room);
     r.finish(edns, our_udp)
+}
+
+/// Steps 2 and 3: the query is parsed and checked; `Err` carries the
+/// RCODE of a reply without records.
+fn screen(query: &[u8], header: &Header) -> Result<(Question, Option<Edns>), Early> {
+    if header.opcode() != 0 {
+        let question = Question::parse(query, header).ok();
+        let edns = question
+            .as_ref()
+            .and_then(|q| wire::parse_edns(query, header, q.end).ok().flatten());
+        return Err(Early {
+            question,
+            edns,
+            rcode: rcode::NOTIMP,
+        });
+    }
+    let Ok(q) = Question::parse(query, header) else {
+        return Err(Early {
+            question: None,
+            edns: None,
+            rcode: rcode::FORMERR,
+        });
+    };
+    let Ok(edns) = wire::parse_edns(query, header, q.end) else {
+        return Err(Early {
+            question: Some(q),
+            edns: None,
+            rcode: rcode::FORMERR,
+        });
+    };
+    let early = |rcode| {
+        Err(Early {
+            question: Some(q),
+            edns,
+            rcode,
+        })
+    };
+    if edns.is_some_and(|e| e.version > 0) {
+        return early(rcode::BADVERS);
+    }
+    if q.qclass != wire::class::IN && q.qclass != wire::class::ANY {
+        return early(rcode::REFUSED);
+    }
+    match q.qtype {
+        rtype::OPT | rtype::TSIG => early(rcode::FORMERR),
+        rtype::AXFR | rtype::IXFR => early(rcode::REFUSED),
+        128..=249 | rtype::MAILB | rtype::MAILA => early(rcode::NOTIMP),
+        _ => Ok((q, edns)),
+    }
 }
 
 /// A reply with no records: header, the question if it parsed, OPT if the
@@ -217,9 +254,18 @@ fn error_reply(
 }
 
 /// Looks the question up and writes the answer and authority sections.
-fn resolve(snap: &Snapshot, q: &Question, dnssec_ok: bool, state: &mut WorkerState, r: &mut Reply<'_>) -> Result<(), Full> {
+fn resolve(
+    snap: &Snapshot,
+    q: &Question,
+    dnssec_ok: bool,
+    state: &mut WorkerState,
+    r: &mut Reply<'_>,
+) -> Result<(), Full> {
     let qname = q.lower();
-    let qname_at = NameAt { at: HEADER_LEN, name: qname };
+    let qname_at = NameAt {
+        at: HEADER_LEN,
+        name: qname,
+    };
     let Some((first, mut node)) = snap.node(qname) else {
         return match snap.closest_zone(qname) {
             None => {
@@ -240,7 +286,9 @@ fn resolve(snap: &Snapshot, q: &Question, dnssec_ok: bool, state: &mut WorkerSta
     for hop in 1..=MAX_CNAME_CHAIN + 1 {
         if let Some(data) = find(node, q.qtype) {
             return match data {
-                Data::Static(rrset) => r.put_rrset(cur, rrset, 0, rrset.records.len(), dnssec_ok).map(drop),
+                Data::Static(rrset) => r
+                    .put_rrset(cur, rrset, 0, rrset.records.len(), dnssec_ok)
+                    .map(drop),
                 Data::Plan(plan) => match (pick(plan), plan.when_all_down) {
                     (Some(c), _) => r.put_candidate(plan, c, cur, dnssec_ok, state),
                     // Fail open: the controlplane sends every backend as the
@@ -265,9 +313,14 @@ fn resolve(snap: &Snapshot, q: &Question, dnssec_ok: bool, state: &mut WorkerSta
                 None => Ok(()),
             };
         };
-        let Some(cname) = node.rrsets.iter().find(|s| s.rtype == rtype::CNAME) else { return Ok(()) };
+        let Some(cname) = node.rrsets.iter().find(|s| s.rtype == rtype::CNAME) else {
+            return Ok(());
+        };
         let target_at = r.put_rrset(cur, cname, 0, 1, dnssec_ok)?;
-        let target_at = NameAt { at: target_at, name: target };
+        let target_at = NameAt {
+            at: target_at,
+            name: target,
+        };
         match snap.node(target) {
             Some((i, next)) => {
                 if hop > MAX_CNAME_CHAIN || visited.contains(&i) {
@@ -300,7 +353,11 @@ fn resolve(snap: &Snapshot, q: &Question, dnssec_ok: bool, state: &mut WorkerSta
 /// first, else the first static RRset).
 fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
     if qtype == rtype::ANY {
-        let plan = node.plans.iter().find(|p| p.rtype == rtype::A).or_else(|| node.plans.first());
+        let plan = node
+            .plans
+            .iter()
+            .find(|p| p.rtype == rtype::A)
+            .or_else(|| node.plans.first());
         return match plan {
             Some(p) if pick(p).is_some() => Some(Data::Plan(p)),
             _ => node.rrsets.first().map(Data::Static),
@@ -309,7 +366,10 @@ fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
     if let Some(p) = node.plans.iter().find(|p| p.rtype == qtype) {
         return Some(Data::Plan(p));
     }
-    node.rrsets.iter().find(|s| s.rtype == qtype).map(Data::Static)
+    node.rrsets
+        .iter()
+        .find(|s| s.rtype == qtype)
+        .map(Data::Static)
 }
 
 /// The candidate a plan answers with, `None` when none is healthy.
@@ -320,9 +380,11 @@ fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
 fn pick(plan: &Plan) -> Option<&Candidate> {
     let c = match plan.policy {
         Policy::RoundRobin => plan.candidates.first(),
-        Policy::Unspecified | Policy::Weighted | Policy::Failover | Policy::Geolocation | Policy::Latency => {
-            plan.candidates.first()
-        }
+        Policy::Unspecified
+        | Policy::Weighted
+        | Policy::Failover
+        | Policy::Geolocation
+        | Policy::Latency => plan.candidates.first(),
     };
     c.filter(|c| !c.rrset.records.is_empty())
 }
@@ -331,8 +393,15 @@ fn pick(plan: &Plan) -> Option<&Candidate> {
 
 impl Writer<'_> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), Full> {
-        let end = self.len.checked_add(bytes.len()).filter(|&e| e <= self.limit).ok_or(Full)?;
-        self.buf.get_mut(self.len..end).ok_or(Full)?.copy_from_slice(bytes);
+        let end = self
+            .len
+            .checked_add(bytes.len())
+            .filter(|&e| e <= self.limit)
+            .ok_or(Full)?;
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(Full)?
+            .copy_from_slice(bytes);
         self.len = end;
         Ok(())
     }
@@ -364,10 +433,20 @@ impl Writer<'_> {
 
 impl<'a> Reply<'a> {
     /// Writes a header placeholder and the question (if any).
-    fn start(out: &'a mut [u8], limit: usize, flags: u16, id: u16, q: Option<&Question>) -> Option<Self> {
+    fn start(
+        out: &'a mut [u8],
+        limit: usize,
+        flags: u16,
+        id: u16,
+        q: Option<&Question>,
+    ) -> Option<Self> {
         let limit = limit.min(out.len());
         let mut r = Self {
-            w: Writer { buf: out, len: 0, limit },
+            w: Writer {
+                buf: out,
+                len: 0,
+                limit,
+            },
             flags,
             aa: false,
             tc: false,
@@ -401,7 +480,14 @@ impl<'a> Reply<'a> {
     /// Writes `count` records of `rrset` starting at record `start` (wrapping),
     /// all owned by `owner`, plus the RRSIGs when `dnssec_ok`. Returns the
     /// offset of the first record's RDATA.
-    fn put_rrset(&mut self, owner: NameAt<'_>, rrset: &RRset, start: usize, count: usize, dnssec_ok: bool) -> Result<usize, Full> {
+    fn put_rrset(
+        &mut self,
+        owner: NameAt<'_>,
+        rrset: &RRset,
+        start: usize,
+        count: usize,
+        dnssec_ok: bool,
+    ) -> Result<usize, Full> {
         let first = self.put_records(owner, &rrset.records, start, count)?;
         self.ancount = self.ancount.saturating_add(count as u16);
         // DNSSEC hook: signatures are precomputed by the controlplane; a
@@ -413,7 +499,13 @@ impl<'a> Reply<'a> {
         Ok(first)
     }
 
-    fn put_records(&mut self, owner: NameAt<'_>, records: &Records, start: usize, count: usize) -> Result<usize, Full> {
+    fn put_records(
+        &mut self,
+        owner: NameAt<'_>,
+        records: &Records,
+        start: usize,
+        count: usize,
+    ) -> Result<usize, Full> {
         let n = records.len();
         let mut first = self.w.len;
         for i in 0..count.min(n) {
@@ -427,7 +519,14 @@ impl<'a> Reply<'a> {
     }
 
     /// Answers a plan's picked candidate, rotated by the worker's counter.
-    fn put_candidate(&mut self, plan: &Plan, c: &Candidate, owner: NameAt<'_>, dnssec_ok: bool, state: &mut WorkerState) -> Result<(), Full> {
+    fn put_candidate(
+        &mut self,
+        plan: &Plan,
+        c: &Candidate,
+        owner: NameAt<'_>,
+        dnssec_ok: bool,
+        state: &mut WorkerState,
+    ) -> Result<(), Full> {
         let n = c.rrset.records.len();
         let count = match plan.max_answers {
             0 => n,
@@ -435,12 +534,18 @@ impl<'a> Reply<'a> {
         };
         let start = state.rotation.checked_rem(n as u64).unwrap_or(0) as usize;
         state.rotation = state.rotation.wrapping_add(1);
-        self.put_rrset(owner, &c.rrset, start, count, dnssec_ok).map(drop)
+        self.put_rrset(owner, &c.rrset, start, count, dnssec_ok)
+            .map(drop)
     }
 
     /// SOA of `zone` in the authority section, TTL = negative TTL; its owner
     /// points at the apex suffix of `name`.
-    fn put_negative_soa(&mut self, zone: &Zone, name: NameAt<'_>, _dnssec_ok: bool) -> Result<(), Full> {
+    fn put_negative_soa(
+        &mut self,
+        zone: &Zone,
+        name: NameAt<'_>,
+        _dnssec_ok: bool,
+    ) -> Result<(), Full> {
         // DNSSEC hook: the SOA's RRSIG and the denial records (NSEC) join here.
         let soa = &zone.soa_negative;
         for i in 0..soa.len() {

@@ -153,16 +153,17 @@ pub async fn serve(
         let metrics = metrics.clone();
         let handle = handle.clone();
         tokio::spawn(async move {
-            let mut req = [0u8; 1024];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                conn.read(&mut req),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            // Read the request head (bounded in size and time) so the
+            // connection closes cleanly instead of with a reset.
+            let mut req = [0u8; 2048];
+            let mut n = 0;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            while n < req.len() && !req[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::time::timeout_at(deadline, conn.read(&mut req[n..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(k)) => n += k,
+                }
+            }
             let head = &req[..n];
             let (status, body) = if head.starts_with(b"GET /metrics ") {
                 ("200 OK", metrics.render(handle.get().map(|h| h.as_ref())))

@@ -264,12 +264,18 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
         let mut apexes = HashMap::with_capacity(msg.zones.len());
         for (i, z) in msg.zones.iter().enumerate() {
             check_name(&z.apex, "zone apex")?;
-            let soa = z.soa.as_ref().ok_or(InvalidSnapshot::MissingSoa { zone: i })?;
+            let soa = z
+                .soa
+                .as_ref()
+                .ok_or(InvalidSnapshot::MissingSoa { zone: i })?;
             if soa.rdata.len() != 1 || !is_valid_soa(&soa.rdata[0]) {
                 return Err(InvalidSnapshot::MissingSoa { zone: i });
             }
             let index = u32::try_from(i).map_err(|_| InvalidSnapshot::DuplicateZone { zone: i })?;
-            if apexes.insert(z.apex.clone().into_boxed_slice(), index).is_some() {
+            if apexes
+                .insert(z.apex.clone().into_boxed_slice(), index)
+                .is_some()
+            {
                 return Err(InvalidSnapshot::DuplicateZone { zone: i });
             }
             zones.push(Zone {
@@ -279,20 +285,32 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
         }
 
         let mut nodes = Vec::with_capacity(msg.nodes.len() + zones.len());
-        let mut names: HashMap<Box<[u8]>, u32> = HashMap::with_capacity(msg.nodes.len() + zones.len());
+        let mut names: HashMap<Box<[u8]>, u32> =
+            HashMap::with_capacity(msg.nodes.len() + zones.len());
         for (i, n) in msg.nodes.iter().enumerate() {
             check_name(&n.name, "node name")?;
-            let zone = msg.zones.get(n.zone as usize).ok_or(InvalidSnapshot::ZoneIndex {
-                index: n.zone,
-                zones: msg.zones.len(),
-            })?;
+            let zone = msg
+                .zones
+                .get(n.zone as usize)
+                .ok_or(InvalidSnapshot::ZoneIndex {
+                    index: n.zone,
+                    zones: msg.zones.len(),
+                })?;
             if closest(&apexes, &n.name) != Some(n.zone) {
                 return Err(InvalidSnapshot::NodeOutsideZone { node: i });
             }
-            let apex = if n.name == zone.apex { Some(zone) } else { None };
+            let apex = if n.name == zone.apex {
+                Some(zone)
+            } else {
+                None
+            };
             let node = compile_node(n, apex)?;
-            let index = u32::try_from(nodes.len()).map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
-            if names.insert(n.name.clone().into_boxed_slice(), index).is_some() {
+            let index = u32::try_from(nodes.len())
+                .map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
+            if names
+                .insert(n.name.clone().into_boxed_slice(), index)
+                .is_some()
+            {
                 return Err(InvalidSnapshot::DuplicateNode { node: i });
             }
             nodes.push(node);
@@ -302,9 +320,14 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             if names.contains_key(z.apex.as_slice()) {
                 continue;
             }
-            let empty = proto::Node { name: z.apex.clone(), zone: i as u32, ..Default::default() };
+            let empty = proto::Node {
+                name: z.apex.clone(),
+                zone: i as u32,
+                ..Default::default()
+            };
             let node = compile_node(&empty, Some(z))?;
-            let index = u32::try_from(nodes.len()).map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
+            let index = u32::try_from(nodes.len())
+                .map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
             names.insert(z.apex.clone().into_boxed_slice(), index);
             nodes.push(node);
         }
@@ -348,6 +371,7 @@ impl Records {
     }
 
     /// RDATA of record `i`.
+    #[cfg(test)]
     pub(crate) fn rdata(&self, i: usize) -> Option<&[u8]> {
         self.get(i)?.get(10..)
     }
@@ -371,14 +395,20 @@ fn closest(apexes: &HashMap<Box<[u8]>, u32>, name: &[u8]) -> Option<u32> {
 }
 
 fn is_valid_soa(rdata: &[u8]) -> bool {
-    let Some(m) = wire::name_len(rdata) else { return false };
-    let Some(r) = rdata.get(m..).and_then(wire::name_len) else { return false };
+    let Some(m) = wire::name_len(rdata) else {
+        return false;
+    };
+    let Some(r) = rdata.get(m..).and_then(wire::name_len) else {
+        return false;
+    };
     rdata.len() == m + r + 20
 }
 
 fn servable_type(t: u32) -> Result<u16, InvalidSnapshot> {
     match u16::try_from(t) {
-        Ok(0 | rtype::OPT | rtype::RRSIG | 128..=255) | Err(_) => Err(InvalidSnapshot::BadType { rtype: t }),
+        Ok(0 | rtype::OPT | rtype::RRSIG | 128..=255) | Err(_) => {
+            Err(InvalidSnapshot::BadType { rtype: t })
+        }
         Ok(t) => Ok(t),
     }
 }
@@ -390,7 +420,10 @@ fn check_rdata(t: u16, rdata: &[u8]) -> Result<(), InvalidSnapshot> {
         _ => None,
     };
     if want.is_some_and(|w| w != rdata.len()) {
-        return Err(InvalidSnapshot::BadRdata { rtype: u32::from(t), len: rdata.len() });
+        return Err(InvalidSnapshot::BadRdata {
+            rtype: u32::from(t),
+            len: rdata.len(),
+        });
     }
     Ok(())
 }
@@ -401,16 +434,21 @@ fn encode_records(t: u16, ttl: u32, rdatas: &[Vec<u8>]) -> Result<Records, Inval
     let mut bytes = Vec::with_capacity(total);
     let mut ends = Vec::with_capacity(rdatas.len());
     for r in rdatas {
-        let len = u16::try_from(r.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: r.len() })?;
+        let len =
+            u16::try_from(r.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: r.len() })?;
         bytes.extend_from_slice(&t.to_be_bytes());
         bytes.extend_from_slice(&wire::class::IN.to_be_bytes());
         bytes.extend_from_slice(&ttl.to_be_bytes());
         bytes.extend_from_slice(&len.to_be_bytes());
         bytes.extend_from_slice(r);
-        let end = u32::try_from(bytes.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: bytes.len() })?;
+        let end = u32::try_from(bytes.len())
+            .map_err(|_| InvalidSnapshot::RdataTooLong { len: bytes.len() })?;
         ends.push(end);
     }
-    Ok(Records { bytes: bytes.into_boxed_slice(), ends: ends.into_boxed_slice() })
+    Ok(Records {
+        bytes: bytes.into_boxed_slice(),
+        ends: ends.into_boxed_slice(),
+    })
 }
 
 /// Validates and encodes one RRset of type `t` (already checked servable).
@@ -449,7 +487,9 @@ fn compile_node(n: &proto::Node, apex: Option<&proto::Zone>) -> Result<Node, Inv
             return Err(InvalidSnapshot::DuplicateType { rtype: r.rtype });
         }
         if t == rtype::CNAME {
-            let [target] = r.rdata.as_slice() else { return Err(InvalidSnapshot::BadCname) };
+            let [target] = r.rdata.as_slice() else {
+                return Err(InvalidSnapshot::BadCname);
+            };
             if !wire::is_valid_name(target) {
                 return Err(InvalidSnapshot::BadCname);
             }
@@ -471,9 +511,16 @@ fn compile_node(n: &proto::Node, apex: Option<&proto::Zone>) -> Result<Node, Inv
         for c in &p.candidates {
             let Some(r) = &c.rrset else { continue };
             if r.rtype != 0 && r.rtype != p.rtype {
-                return Err(InvalidSnapshot::CandidateType { rtype: r.rtype, plan: p.rtype });
+                return Err(InvalidSnapshot::CandidateType {
+                    rtype: r.rtype,
+                    plan: p.rtype,
+                });
             }
-            candidates.push(Candidate { rrset: compile_rrset(t, r)?, weight: c.weight, region: c.region });
+            candidates.push(Candidate {
+                rrset: compile_rrset(t, r)?,
+                weight: c.weight,
+                region: c.region,
+            });
         }
         plans.push(Plan {
             rtype: t,
@@ -481,7 +528,8 @@ fn compile_node(n: &proto::Node, apex: Option<&proto::Zone>) -> Result<Node, Inv
             policy: proto::Policy::try_from(p.policy).unwrap_or(proto::Policy::Unspecified),
             max_answers: p.max_answers,
             candidates: candidates.into_boxed_slice(),
-            when_all_down: proto::WhenAllDown::try_from(p.when_all_down).unwrap_or(proto::WhenAllDown::Unspecified),
+            when_all_down: proto::WhenAllDown::try_from(p.when_all_down)
+                .unwrap_or(proto::WhenAllDown::Unspecified),
         });
     }
 
@@ -518,7 +566,10 @@ mod tests {
         let (_, www) = s.node(&name("www.gslb.test.")).unwrap();
         assert_eq!(www.plans.len(), 2);
         assert_eq!(www.plans[0].candidates[0].rrset.records.len(), 3);
-        assert_eq!(www.plans[0].candidates[0].rrset.records.rdata(1), Some(&[192, 0, 2, 2][..]));
+        assert_eq!(
+            www.plans[0].candidates[0].rrset.records.rdata(1),
+            Some(&[192, 0, 2, 2][..])
+        );
         let (_, apex) = s.node(&name("gslb.test.")).unwrap();
         assert_eq!(apex.rrsets[0].rtype, rtype::SOA);
         assert_eq!(apex.rrsets[1].rtype, rtype::NS);
@@ -529,15 +580,30 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        assert!(matches!(err(|s| s.nodes[0].name = b"\x03www".to_vec()), InvalidSnapshot::BadName { .. }));
-        assert!(matches!(err(|s| s.nodes[0].name = name("WWW.gslb.test.")), InvalidSnapshot::NotLowerCase { .. }));
-        assert!(matches!(err(|s| s.zones[0].apex = b"\xC0\x0C".to_vec()), InvalidSnapshot::BadName { .. }));
+        assert!(matches!(
+            err(|s| s.nodes[0].name = b"\x03www".to_vec()),
+            InvalidSnapshot::BadName { .. }
+        ));
+        assert!(matches!(
+            err(|s| s.nodes[0].name = name("WWW.gslb.test.")),
+            InvalidSnapshot::NotLowerCase { .. }
+        ));
+        assert!(matches!(
+            err(|s| s.zones[0].apex = b"\xC0\x0C".to_vec()),
+            InvalidSnapshot::BadName { .. }
+        ));
     }
 
     #[test]
     fn rejects_bad_structure() {
-        assert!(matches!(err(|s| s.nodes[0].zone = 7), InvalidSnapshot::ZoneIndex { index: 7, .. }));
-        assert!(matches!(err(|s| s.nodes[0].name = name("www.other.")), InvalidSnapshot::NodeOutsideZone { .. }));
+        assert!(matches!(
+            err(|s| s.nodes[0].zone = 7),
+            InvalidSnapshot::ZoneIndex { index: 7, .. }
+        ));
+        assert!(matches!(
+            err(|s| s.nodes[0].name = name("www.other.")),
+            InvalidSnapshot::NodeOutsideZone { .. }
+        ));
         assert!(matches!(
             err(|s| {
                 let n = s.nodes[0].clone();
@@ -552,15 +618,27 @@ mod tests {
             }),
             InvalidSnapshot::DuplicateZone { zone: 1 }
         ));
-        assert!(matches!(err(|s| s.zones[0].soa = None), InvalidSnapshot::MissingSoa { zone: 0 }));
-        assert!(matches!(err(|s| s.zones[0].soa.as_mut().unwrap().rdata[0].pop().map(drop).unwrap()), InvalidSnapshot::MissingSoa { .. }));
+        assert!(matches!(
+            err(|s| s.zones[0].soa = None),
+            InvalidSnapshot::MissingSoa { zone: 0 }
+        ));
+        assert!(matches!(
+            err(|s| {
+                s.zones[0].soa.as_mut().unwrap().rdata[0].pop();
+            }),
+            InvalidSnapshot::MissingSoa { .. }
+        ));
         // A node that belongs in a child zone must name the child zone.
         assert!(matches!(
             err(|s| {
                 let mut z = s.zones[0].clone();
                 z.apex = name("sub.gslb.test.");
                 s.zones.push(z);
-                s.nodes.push(proto::Node { name: name("x.sub.gslb.test."), zone: 0, ..Default::default() });
+                s.nodes.push(proto::Node {
+                    name: name("x.sub.gslb.test."),
+                    zone: 0,
+                    ..Default::default()
+                });
             }),
             InvalidSnapshot::NodeOutsideZone { .. }
         ));
@@ -568,20 +646,33 @@ mod tests {
 
     #[test]
     fn rejects_bad_records() {
-        let www = |s: &mut proto::Snapshot| s.nodes.iter_mut().find(|n| n.name == name("www.gslb.test.")).unwrap().clone();
-        let _ = www;
         fn node<'a>(s: &'a mut proto::Snapshot, n: &str) -> &'a mut proto::Node {
             s.nodes.iter_mut().find(|x| x.name == name(n)).unwrap()
         }
         assert!(matches!(
-            err(|s| node(s, "www.gslb.test.").plans[0].candidates[0].rrset.as_mut().unwrap().rdata[0].push(0)),
+            err(|s| node(s, "www.gslb.test.").plans[0].candidates[0]
+                .rrset
+                .as_mut()
+                .unwrap()
+                .rdata[0]
+                .push(0)),
             InvalidSnapshot::BadRdata { rtype: 1, len: 5 }
         ));
         assert!(matches!(
-            err(|s| node(s, "www.gslb.test.").plans[1].candidates[0].rrset.as_mut().unwrap().rdata[0].pop().map(drop).unwrap()),
+            err(|s| {
+                node(s, "www.gslb.test.").plans[1].candidates[0]
+                    .rrset
+                    .as_mut()
+                    .unwrap()
+                    .rdata[0]
+                    .pop();
+            }),
             InvalidSnapshot::BadRdata { rtype: 28, len: 15 }
         ));
-        assert!(matches!(err(|s| node(s, "www.gslb.test.").plans[0].rtype = 16), InvalidSnapshot::PlanType { rtype: 16 }));
+        assert!(matches!(
+            err(|s| node(s, "www.gslb.test.").plans[0].rtype = 16),
+            InvalidSnapshot::PlanType { rtype: 16 }
+        ));
         assert!(matches!(
             err(|s| {
                 let p = node(s, "www.gslb.test.").plans[0].clone();
@@ -590,23 +681,45 @@ mod tests {
             InvalidSnapshot::DuplicateType { rtype: 1 }
         ));
         assert!(matches!(
-            err(|s| node(s, "api.gslb.test.").rrsets.push(rrset(1, 60, vec![vec![1, 2, 3, 4]]))),
+            err(|s| node(s, "api.gslb.test.")
+                .rrsets
+                .push(rrset(1, 60, vec![vec![1, 2, 3, 4]]))),
             InvalidSnapshot::DuplicateType { rtype: 1 }
         ));
         assert!(matches!(
             err(|s| node(s, "txt.gslb.test.").rrsets[0].rdata = vec![vec![0; 70_000]]),
             InvalidSnapshot::RdataTooLong { len: 70_000 }
         ));
-        assert!(matches!(err(|s| node(s, "txt.gslb.test.").rrsets[0].rdata.clear()), InvalidSnapshot::EmptyRRset { rtype: 16 }));
-        assert!(matches!(err(|s| node(s, "txt.gslb.test.").rrsets[0].rtype = 41), InvalidSnapshot::BadType { rtype: 41 }));
-        assert!(matches!(err(|s| node(s, "txt.gslb.test.").rrsets[0].rtype = 70_000), InvalidSnapshot::BadType { .. }));
         assert!(matches!(
-            err(|s| node(s, "alias.gslb.test.").rrsets.push(rrset(16, 60, vec![b"\x01x".to_vec()]))),
+            err(|s| node(s, "txt.gslb.test.").rrsets[0].rdata.clear()),
+            InvalidSnapshot::EmptyRRset { rtype: 16 }
+        ));
+        assert!(matches!(
+            err(|s| node(s, "txt.gslb.test.").rrsets[0].rtype = 41),
+            InvalidSnapshot::BadType { rtype: 41 }
+        ));
+        assert!(matches!(
+            err(|s| node(s, "txt.gslb.test.").rrsets[0].rtype = 70_000),
+            InvalidSnapshot::BadType { .. }
+        ));
+        assert!(matches!(
+            err(|s| node(s, "alias.gslb.test.").rrsets.push(rrset(
+                16,
+                60,
+                vec![b"\x01x".to_vec()]
+            ))),
             InvalidSnapshot::BadCname
         ));
-        assert!(matches!(err(|s| node(s, "alias.gslb.test.").rrsets[0].rdata[0] = b"\x03www".to_vec()), InvalidSnapshot::BadCname));
         assert!(matches!(
-            err(|s| node(s, "www.gslb.test.").plans[0].candidates[0].rrset.as_mut().unwrap().rtype = 28),
+            err(|s| node(s, "alias.gslb.test.").rrsets[0].rdata[0] = b"\x03www".to_vec()),
+            InvalidSnapshot::BadCname
+        ));
+        assert!(matches!(
+            err(|s| node(s, "www.gslb.test.").plans[0].candidates[0]
+                .rrset
+                .as_mut()
+                .unwrap()
+                .rtype = 28),
             InvalidSnapshot::CandidateType { rtype: 28, plan: 1 }
         ));
     }
@@ -616,9 +729,15 @@ mod tests {
         // Empty, default and absurd messages convert or fail, never panic.
         assert!(Snapshot::try_from(&proto::Snapshot::default()).is_ok());
         let mut s = fixture();
-        s.options = Some(proto::ServeOptions { edns_udp_size: 1_000_000, ecs_enabled: false });
+        s.options = Some(proto::ServeOptions {
+            edns_udp_size: 1_000_000,
+            ecs_enabled: false,
+        });
         assert_eq!(Snapshot::try_from(&s).unwrap().edns_udp_size(), u16::MAX);
-        s.options = Some(proto::ServeOptions { edns_udp_size: 100, ecs_enabled: false });
+        s.options = Some(proto::ServeOptions {
+            edns_udp_size: 100,
+            ecs_enabled: false,
+        });
         assert_eq!(Snapshot::try_from(&s).unwrap().edns_udp_size(), 512);
         s.nodes[0].plans[0].policy = 99;
         s.nodes[0].plans[0].when_all_down = -3;
@@ -626,11 +745,14 @@ mod tests {
         // Random bytes as names.
         let mut seed = 7u64;
         for _ in 0..2000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let len = (seed >> 58) as usize;
             let bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8 % 8).collect();
             let mut s = fixture();
-            s.nodes[(seed >> 20) as usize % s.nodes.len()].name = bytes.clone();
+            let at = (seed >> 20) as usize % s.nodes.len();
+            s.nodes[at].name = bytes.clone();
             let _ = Snapshot::try_from(&s);
             s.zones[0].apex = bytes;
             let _ = Snapshot::try_from(&s);

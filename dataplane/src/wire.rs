@@ -43,6 +43,8 @@ pub mod rtype {
     pub const RRSIG: u16 = 46;
     /// DNSSEC public key.
     pub const DNSKEY: u16 = 48;
+    /// Transaction signature (only ever in the additional section).
+    pub const TSIG: u16 = 250;
     /// Incremental zone transfer.
     pub const IXFR: u16 = 251;
     /// Full zone transfer.
@@ -358,7 +360,11 @@ impl Iterator for LabelOffsets<'_> {
     fn next(&mut self) -> Option<usize> {
         let pos = self.pos?;
         let l = usize::from(*self.name.get(pos)?);
-        self.pos = if l == 0 || l > 63 { None } else { Some(pos + 1 + l) };
+        self.pos = if l == 0 || l > 63 {
+            None
+        } else {
+            Some(pos + 1 + l)
+        };
         Some(pos)
     }
 }
@@ -375,7 +381,11 @@ fn read_u32(msg: &[u8], pos: usize) -> Option<u32> {
 
 /// Reads a possibly compressed name at `start` into `out`, uncompressed.
 /// Returns the offset just past the name where it started and its length.
-fn read_name(msg: &[u8], start: usize, out: &mut [u8; MAX_NAME_LEN]) -> Result<(usize, usize), WireError> {
+fn read_name(
+    msg: &[u8],
+    start: usize,
+    out: &mut [u8; MAX_NAME_LEN],
+) -> Result<(usize, usize), WireError> {
     let mut pos = start;
     let mut len = 0usize;
     let mut end = None;
@@ -473,7 +483,14 @@ fn skip_record(msg: &[u8], pos: usize) -> Result<SkippedRecord, WireError> {
     if end > msg.len() {
         return Err(WireError::Truncated);
     }
-    Ok(SkippedRecord { owner_is_root, rtype, class, ttl, rdata, end })
+    Ok(SkippedRecord {
+        owner_is_root,
+        rtype,
+        class,
+        ttl,
+        rdata,
+        end,
+    })
 }
 
 /// Walks the EDNS options of an OPT RDATA (RFC 6891 §6.1.2): each is
@@ -516,7 +533,7 @@ mod tests {
     fn with_opt(mut m: Vec<u8>, opt_rdata: &[u8], count: u16) -> Vec<u8> {
         m[11] = count as u8;
         for _ in 0..count {
-            m.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 1, 0x80, 0]);
+            m.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0x80, 0]);
             m.extend_from_slice(&(opt_rdata.len() as u16).to_be_bytes());
             m.extend_from_slice(opt_rdata);
         }
@@ -587,15 +604,25 @@ mod tests {
         assert_eq!(parse(&query(&ok, 1)).unwrap().0.name_len(), 255);
         ok[192] = 62; // relabel: now the name runs past its end
         assert!(parse(&query(&ok, 1)).is_err());
-        assert_eq!(parse(&query(b"\x40", 1)).unwrap_err(), WireError::BadLabelType);
-        assert_eq!(parse(&query(b"\x80", 1)).unwrap_err(), WireError::BadLabelType);
+        assert_eq!(
+            parse(&query(b"\x40", 1)).unwrap_err(),
+            WireError::BadLabelType
+        );
+        assert_eq!(
+            parse(&query(b"\x80", 1)).unwrap_err(),
+            WireError::BadLabelType
+        );
     }
 
     #[test]
     fn truncated() {
         let m = query(b"\x03www\x00", 1);
         for cut in HEADER_LEN..m.len() {
-            assert_eq!(parse(&m[..cut]).unwrap_err(), WireError::Truncated, "cut {cut}");
+            assert_eq!(
+                parse(&m[..cut]).unwrap_err(),
+                WireError::Truncated,
+                "cut {cut}"
+            );
         }
     }
 
@@ -603,7 +630,15 @@ mod tests {
     fn edns_options() {
         let m = with_opt(query(b"\x00", 1), &[0, 10, 0, 2, 1, 2, 0xFF, 0xFF, 0, 0], 1);
         let (_, e) = parse(&m).unwrap();
-        assert_eq!(e, Some(Edns { udp_size: 1232, ext_rcode: 0, version: 0, dnssec_ok: true }));
+        assert_eq!(
+            e,
+            Some(Edns {
+                udp_size: 1232,
+                ext_rcode: 0,
+                version: 0,
+                dnssec_ok: true
+            })
+        );
         let m = with_opt(query(b"\x00", 1), &[0, 10, 0, 3, 1, 2], 1);
         assert_eq!(parse(&m).unwrap_err(), WireError::BadOption);
         let m = with_opt(query(b"\x00", 1), &[0, 10, 0], 1);

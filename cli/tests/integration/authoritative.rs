@@ -176,7 +176,8 @@ fn edns_opt_payload_badvers_and_double_opt() {
     q.edns.as_mut().unwrap().set_version(1);
     let raw = g.udp_raw(&q.to_vec().unwrap(), 2000).expect("reply");
     let m = Message::from_vec(&raw).unwrap();
-    assert_eq!(m.metadata.response_code, ResponseCode::BADVERS);
+    assert_eq!(raw[3] & 0x0f, 0, "header RCODE holds the low bits (0)");
+    assert_eq!(u16::from(m.metadata.response_code), 16, "extended RCODE 16 = BADVERS");
     assert!(m.answers.is_empty());
 
     // unknown option ignored: option code 65001 appended by hand

@@ -238,12 +238,14 @@ impl Gslb {
                     return;
                 }
             }
+            let mut exited = None;
             for (name, child) in [("controlplane", &mut self.cp), ("dataplane", &mut self.dp)] {
-                if let Some(c) = child {
-                    if let Ok(Some(st)) = c.try_wait() {
-                        panic!("{name} exited early ({st}):\n{}", self.logs());
-                    }
+                if let Some(Ok(Some(st))) = child.as_mut().map(|c| c.try_wait()) {
+                    exited = Some((name, st));
                 }
+            }
+            if let Some((name, st)) = exited {
+                panic!("{name} exited early ({st}):\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -340,7 +342,8 @@ pub fn tcp_recv(s: &mut TcpStream) -> Option<Vec<u8>> {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())

@@ -124,7 +124,7 @@ pub(crate) fn load_all(text: &str, file: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Deserializes one file, naming line and key in its error.
-fn parse_one<T: DeserializeOwned + Default>(
+pub(crate) fn parse_one<T: DeserializeOwned + Default>(
     text: &str,
     file: &Path,
 ) -> Result<(T, LineMap), ConfigIssue> {

@@ -181,13 +181,17 @@ fn check_domains(cfg: &Config, r: &mut Report<'_>) {
             r.item(List::Domains, i, ".regions", "a domain needs at least one region");
         }
         let mut serving = false;
+        let mut unknown = false;
         for (g, name) in domain.regions.iter().enumerate() {
             match cfg.regions.iter().find(|reg| &reg.name == name) {
-                None => r.item(List::Domains, i, &format!(".regions[{g}]"), format!("unknown region {name:?}")),
+                None => {
+                    unknown = true;
+                    r.item(List::Domains, i, &format!(".regions[{g}]"), format!("unknown region {name:?}"));
+                }
                 Some(region) => serving |= region.servers.iter().any(|s| s.serves(&domain.name)),
             }
         }
-        if !domain.regions.is_empty() && !serving {
+        if !domain.regions.is_empty() && !unknown && !serving {
             r.item(List::Domains, i, ".regions", format!("no server in these regions serves {}", domain.name));
         }
         if domain.ttl.is_some_and(|t| t > MAX_TTL) {
