@@ -15,8 +15,7 @@ use opengslb_proto::{
 };
 
 use crate::config::{
-    Config, DnsName, DomainConfig, HealthCheckType, RoutingAlgorithm, ServerRef,
-    WhenAllDownConfig,
+    Config, DnsName, DomainConfig, HealthCheckType, RoutingAlgorithm, ServerRef, WhenAllDownConfig,
 };
 
 pub mod wire;
@@ -81,12 +80,15 @@ pub fn compile(
             let ttl = rec.ttl.unwrap_or(default_ttl);
             let rdata = wire::rdata(&data);
             let node = nodes.entry(&rec.name, zi);
-            let set = node.rrsets.entry(rec.rtype.code()).or_insert_with(|| RRset {
-                rtype: rec.rtype.code(),
-                ttl,
-                rdata: Vec::new(),
-                rrsig: Vec::new(),
-            });
+            let set = node
+                .rrsets
+                .entry(rec.rtype.code())
+                .or_insert_with(|| RRset {
+                    rtype: rec.rtype.code(),
+                    ttl,
+                    rdata: Vec::new(),
+                    rrsig: Vec::new(),
+                });
             set.ttl = set.ttl.min(ttl);
             if !set.rdata.contains(&rdata) {
                 set.rdata.push(rdata);
@@ -176,7 +178,9 @@ fn plans(
         WhenAllDownConfig::All | WhenAllDownConfig::LastHealthy => WhenAllDown::All,
     };
     let ttl = domain.ttl.unwrap_or(cfg.dns.default_ttl);
-    let max_answers = domain.max_answers.unwrap_or(if round_robin { 0 } else { 1 });
+    let max_answers = domain
+        .max_answers
+        .unwrap_or(if round_robin { 0 } else { 1 });
 
     let mut out = Vec::new();
     for (code, v4) in [(rtype::A, true), (rtype::AAAA, false)] {
@@ -249,7 +253,11 @@ struct NodeBuilder {
 
 impl Nodes {
     fn entry(&mut self, name: &DnsName, zone: usize) -> &mut NodeBuilder {
-        let key = name.canonical_key().into_iter().map(<[u8]>::to_vec).collect();
+        let key = name
+            .canonical_key()
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
         self.map.entry(key).or_insert_with(|| NodeBuilder {
             name: name.clone(),
             zone: u32::try_from(zone).unwrap_or(u32::MAX),
@@ -260,7 +268,11 @@ impl Nodes {
 
     /// Adds every name between a node and its zone apex that is not a node.
     fn add_empty_non_terminals(&mut self, cfg: &Config) {
-        let names: Vec<(DnsName, u32)> = self.map.values().map(|n| (n.name.clone(), n.zone)).collect();
+        let names: Vec<(DnsName, u32)> = self
+            .map
+            .values()
+            .map(|n| (n.name.clone(), n.zone))
+            .collect();
         for (name, zone) in names {
             let Some(apex) = cfg.dns.zones.get(zone as usize).map(|z| &z.name) else {
                 continue;

@@ -807,7 +807,11 @@ impl ZoneConfig {
         };
         Soa {
             mname: self.soa.mname.clone().unwrap_or_else(|| under("ns1")),
-            rname: self.soa.rname.clone().unwrap_or_else(|| under("hostmaster")),
+            rname: self
+                .soa
+                .rname
+                .clone()
+                .unwrap_or_else(|| under("hostmaster")),
             refresh: self.soa.refresh.unwrap_or(3600),
             retry: self.soa.retry.unwrap_or(600),
             expire: self.soa.expire.unwrap_or(604_800),
@@ -947,7 +951,10 @@ impl Default for RrlConfig {
             ipv6_prefix: 56,
             slip: 2,
             window: Duration::from_secs(15),
-            exempt: ["127.0.0.0/8", "::1/128"].into_iter().filter_map(net).collect(),
+            exempt: ["127.0.0.0/8", "::1/128"]
+                .into_iter()
+                .filter_map(net)
+                .collect(),
         }
     }
 }
@@ -995,7 +1002,10 @@ impl Default for ApiConfig {
         Self {
             enabled: true,
             address: addr("127.0.0.1:8080"),
-            allowed_networks: ["127.0.0.1/32", "::1/128"].into_iter().filter_map(net).collect(),
+            allowed_networks: ["127.0.0.1/32", "::1/128"]
+                .into_iter()
+                .filter_map(net)
+                .collect(),
             trust_proxy_headers: false,
             token_file: None,
         }

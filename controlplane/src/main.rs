@@ -14,7 +14,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "opengslb-controlplane", version, about)]
 struct Args {
     /// Config file (YAML).
-    #[arg(long, short = 'c', value_name = "FILE", default_value = "/etc/opengslb/gslb.yaml")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        default_value = "/etc/opengslb/gslb.yaml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Cmd>,

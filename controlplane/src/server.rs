@@ -78,7 +78,9 @@ impl State {
     /// Compiles `cfg` with the next generation and serial and persists the serial.
     async fn compile(&self, cfg: &Config) -> Result<opengslb_proto::Snapshot> {
         let (generation, serial) = self.versions.lock().await.next();
-        self.store.set_meta("soa_serial", &serial.to_string()).await?;
+        self.store
+            .set_meta("soa_serial", &serial.to_string())
+            .await?;
         // Every server counts as healthy until health checking lands.
         Ok(compile::compile(cfg, generation, serial, &|_| true))
     }
@@ -105,7 +107,12 @@ impl State {
         *self.config.lock().await = Arc::new(cfg);
         self.stream.publish(snapshot);
         self.store
-            .audit(actor, "local", "config.reload", &format!("{{\"generation\":{generation}}}"))
+            .audit(
+                actor,
+                "local",
+                "config.reload",
+                &format!("{{\"generation\":{generation}}}"),
+            )
             .await?;
         tracing::info!(generation, "config reloaded, snapshot published");
         Ok(generation)
@@ -158,8 +165,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
             message: e.to_string(),
         })?;
     tracing::info!(addr = %grpc_addr, "snapshot stream listening");
-    let service = SnapshotServiceServer::new(state.stream.clone())
-        .max_encoding_message_size(MAX_MESSAGE);
+    let service =
+        SnapshotServiceServer::new(state.stream.clone()).max_encoding_message_size(MAX_MESSAGE);
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(service)

@@ -74,12 +74,14 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(store_err)?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at_unix_ms) VALUES (?, ?)")
-                .bind(version)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(store_err)?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, applied_at_unix_ms) VALUES (?, ?)",
+            )
+            .bind(version)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_err)?;
             tx.commit().await.map_err(store_err)?;
             tracing::info!(version, "applied store migration");
         }
@@ -158,10 +160,16 @@ mod tests {
             assert_eq!(store.meta("soa_serial").await.unwrap(), None);
             store.set_meta("soa_serial", "7").await.unwrap();
             store.set_meta("soa_serial", "8").await.unwrap();
-            store.audit("test", "127.0.0.1", "reload", "{}").await.unwrap();
+            store
+                .audit("test", "127.0.0.1", "reload", "{}")
+                .await
+                .unwrap();
         }
         let store = Store::open(&url).await.unwrap();
-        assert_eq!(store.meta("soa_serial").await.unwrap().as_deref(), Some("8"));
+        assert_eq!(
+            store.meta("soa_serial").await.unwrap().as_deref(),
+            Some("8")
+        );
         assert_eq!(store.audit_count().await.unwrap(), 1);
     }
 

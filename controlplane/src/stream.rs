@@ -106,7 +106,11 @@ pub fn update_between(old: &Snapshot, new: &Snapshot) -> SnapshotUpdate {
         kind: Some(Kind::Full(new.clone())),
     };
     let same_zone_order = old.zones.len() == new.zones.len()
-        && old.zones.iter().zip(&new.zones).all(|(a, b)| a.apex == b.apex);
+        && old
+            .zones
+            .iter()
+            .zip(&new.zones)
+            .all(|(a, b)| a.apex == b.apex);
     if !same_zone_order {
         return full();
     }
@@ -145,9 +149,10 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDelta {
         .map(|n| n.name.clone())
         .collect();
     let geo_generation = |s: &Snapshot| s.geo.as_ref().map(|g| g.generation);
-    let geo = (geo_generation(old) != geo_generation(new) || old.geo.is_none() != new.geo.is_none())
-        .then(|| new.geo.clone())
-        .flatten();
+    let geo = (geo_generation(old) != geo_generation(new)
+        || old.geo.is_none() != new.geo.is_none())
+    .then(|| new.geo.clone())
+    .flatten();
     let options = (old.options != new.options).then(|| new.options).flatten();
     SnapshotDelta {
         base_generation: old.generation,

@@ -185,6 +185,9 @@ pub fn answer(
 
 /// Steps 2 and 3: the query is parsed and checked; `Err` carries the
 /// RCODE of a reply without records.
+// Both variants hold a `Question` on the stack, once per query; boxing the
+// error would allocate on the hot path.
+#[allow(clippy::result_large_err)]
 fn screen(query: &[u8], header: &Header) -> Result<(Question, Option<Edns>), Early> {
     if header.opcode() != 0 {
         let question = Question::parse(query, header).ok();

@@ -48,14 +48,19 @@ struct IncludedDns {
 }
 
 pub(crate) fn load_all(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    let (mut cfg, lines) = parse_one::<Config>(text, file).map_err(|i| ConfigError::Invalid(vec![i]))?;
+    let (mut cfg, lines) =
+        parse_one::<Config>(text, file).map_err(|i| ConfigError::Invalid(vec![i]))?;
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut sources = vec![Source {
         file: file.to_owned(),
         lines,
     }];
     let mut origins = Origins::default();
-    let own = |n: usize| (0..n).map(|index| Origin { source: 0, index }).collect::<Vec<_>>();
+    let own = |n: usize| {
+        (0..n)
+            .map(|index| Origin { source: 0, index })
+            .collect::<Vec<_>>()
+    };
     origins.regions = own(cfg.regions.len());
     origins.domains = own(cfg.domains.len());
     origins.zones = own(cfg.dns.zones.len());
@@ -112,7 +117,10 @@ pub(crate) fn load_all(text: &str, file: &Path) -> Result<Config, ConfigError> {
     if !issues.is_empty() {
         let order = |i: &ConfigIssue| {
             (
-                sources.iter().position(|s| s.file == i.file).unwrap_or(usize::MAX),
+                sources
+                    .iter()
+                    .position(|s| s.file == i.file)
+                    .unwrap_or(usize::MAX),
                 i.line.unwrap_or(0),
             )
         };
@@ -134,8 +142,13 @@ pub(crate) fn parse_one<T: DeserializeOwned + Default>(
         key,
         message,
     };
-    let lines = LineMap::build(text)
-        .map_err(|(line, msg)| issue(Some(line), ".".to_owned(), format!("YAML syntax error: {msg}")))?;
+    let lines = LineMap::build(text).map_err(|(line, msg)| {
+        issue(
+            Some(line),
+            ".".to_owned(),
+            format!("YAML syntax error: {msg}"),
+        )
+    })?;
     if !lines.has_root {
         return Ok((T::default(), lines));
     }
@@ -160,10 +173,9 @@ fn clean_message(msg: &str) -> String {
     let mut m = msg;
     if let Some(pos) = m.rfind(" at line ") {
         let tail = &m[pos + " at line ".len()..];
-        if tail
-            .split_once(" column ")
-            .is_some_and(|(l, c)| l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit()))
-        {
+        if tail.split_once(" column ").is_some_and(|(l, c)| {
+            l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit())
+        }) {
             m = &m[..pos];
         }
     }
@@ -204,7 +216,11 @@ fn expand_glob(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
         }
         let mut next = Vec::new();
         for base in &current {
-            let Ok(entries) = std::fs::read_dir(if base.as_os_str().is_empty() { Path::new(".") } else { base }) else {
+            let Ok(entries) = std::fs::read_dir(if base.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                base
+            }) else {
                 continue;
             };
             let mut names: Vec<String> = entries
@@ -227,7 +243,8 @@ fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
     match (pattern.first(), name.first()) {
         (None, None) => true,
         (Some(b'*'), _) => {
-            wildcard_match(&pattern[1..], name) || (!name.is_empty() && wildcard_match(pattern, &name[1..]))
+            wildcard_match(&pattern[1..], name)
+                || (!name.is_empty() && wildcard_match(pattern, &name[1..]))
         }
         (Some(b'?'), Some(_)) => wildcard_match(&pattern[1..], &name[1..]),
         (Some(p), Some(n)) if p == n => wildcard_match(&pattern[1..], &name[1..]),

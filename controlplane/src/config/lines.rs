@@ -79,7 +79,11 @@ impl Builder {
     }
 
     fn scalar(&mut self, value: String, line: usize) {
-        if let Some(Frame::Map { path, key: key @ None }) = self.stack.last_mut() {
+        if let Some(Frame::Map {
+            path,
+            key: key @ None,
+        }) = self.stack.last_mut()
+        {
             let p = join(path, &value);
             self.map.lines.entry(p).or_insert(line);
             *key = Some(value);
@@ -130,7 +134,9 @@ impl MarkedEventReceiver for Builder {
             }
             Event::Nothing
             | Event::DocumentStart
-            | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+            | Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentEnd => {}
         }
     }
 }

@@ -150,8 +150,14 @@ impl RecordType {
                 let bad = || format!("CAA value {value:?}: expected '<flags> <tag> \"<value>\"'");
                 let (flags, rest) = v.split_once(char::is_whitespace).ok_or_else(bad)?;
                 let flags: u8 = flags.parse().map_err(|_| bad())?;
-                let (tag, val) = rest.trim_start().split_once(char::is_whitespace).ok_or_else(bad)?;
-                if tag.is_empty() || tag.len() > 15 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                let (tag, val) = rest
+                    .trim_start()
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(bad)?;
+                if tag.is_empty()
+                    || tag.len() > 15
+                    || !tag.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
                     return Err(bad());
                 }
                 let val = val.trim();

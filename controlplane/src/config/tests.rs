@@ -59,19 +59,28 @@ fn reference_config_loads() {
     }
     let text = std::fs::read_to_string(&path).unwrap();
     // Every section deserializes with the shown values...
-    let (cfg, _) = super::include::parse_one::<Config>(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let (cfg, _) = include::parse_one::<Config>(&text, &path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.includes, ["conf.d/*.yaml"]);
     assert_eq!(cfg.dns.zones.len(), 2);
     assert_eq!(cfg.dns.zones[1].records.len(), 3);
     assert_eq!(cfg.dns.zones[1].soa.minimum, Some(60));
-    assert_eq!(cfg.domains[0].routing_algorithm, RoutingAlgorithm::Geolocation);
+    assert_eq!(
+        cfg.domains[0].routing_algorithm,
+        RoutingAlgorithm::Geolocation
+    );
     assert_eq!(cfg.domains[0].max_answers, Some(2));
     assert_eq!(cfg.dataplane.tcp.io_timeout, Duration::from_millis(500));
     assert_eq!(cfg.dataplane.rrl.exempt.len(), 2);
     assert_eq!(cfg.dataplane.cookies.rotate, Duration::from_secs(86_400));
     assert_eq!(cfg.regions[0].health_check.expected_status, [200, 204]);
-    assert_eq!(cfg.overwatch.dnssec.signature_validity, Duration::from_secs(14 * 86_400));
-    assert_eq!(cfg.overwatch.geolocation.custom_mappings[0].region, "us-east");
+    assert_eq!(
+        cfg.overwatch.dnssec.signature_validity,
+        Duration::from_secs(14 * 86_400)
+    );
+    assert_eq!(
+        cfg.overwatch.geolocation.custom_mappings[0].region,
+        "us-east"
+    );
     assert_eq!(cfg.overwatch.agent_tokens.len(), 1);
     let agent = cfg.agent.as_ref().expect("agent section");
     assert_eq!(agent.backends[0].port, 8080);
@@ -81,7 +90,15 @@ fn reference_config_loads() {
     // none of its zones.
     let e = load(&path).unwrap_err();
     let keys: Vec<&str> = e.issues().iter().map(|i| i.key.as_str()).collect();
-    assert_eq!(keys, ["regions[0].fallback[0]", "domains[0].name", "domains[0].regions[1]"], "{e}");
+    assert_eq!(
+        keys,
+        [
+            "regions[0].fallback[0]",
+            "domains[0].name",
+            "domains[0].regions[1]"
+        ],
+        "{e}"
+    );
 }
 
 #[test]
@@ -89,11 +106,17 @@ fn example_config_loads_with_paths_resolved() {
     let path = repo_file("../examples/gslb.yaml");
     let cfg = load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.dns.listen_address, "127.0.0.1:5353".parse().unwrap());
-    assert_eq!(cfg.overwatch.grpc_address, "127.0.0.1:9443".parse().unwrap());
+    assert_eq!(
+        cfg.overwatch.grpc_address,
+        "127.0.0.1:9443".parse().unwrap()
+    );
     assert_eq!(cfg.logging.format, LogFormat::Text);
     let examples = path.parent().unwrap();
     assert_eq!(cfg.overwatch.data_dir, examples.join("../.opengslb/data"));
-    assert_eq!(cfg.dataplane.cache_dir, examples.join("../.opengslb/dataplane"));
+    assert_eq!(
+        cfg.dataplane.cache_dir,
+        examples.join("../.opengslb/dataplane")
+    );
     assert!(cfg
         .regions
         .iter()
@@ -138,9 +161,15 @@ api:
   address: 127.0.0.1:8080
   allowed_networks: [127.0.0.1/32]
 ");
-    assert_eq!(cfg.domains[0].routing_algorithm, RoutingAlgorithm::RoundRobin);
+    assert_eq!(
+        cfg.domains[0].routing_algorithm,
+        RoutingAlgorithm::RoundRobin
+    );
     assert_eq!(cfg.dataplane.edns_udp_size, 1232);
-    assert_eq!(cfg.overwatch.grpc_address, "127.0.0.1:9443".parse().unwrap());
+    assert_eq!(
+        cfg.overwatch.grpc_address,
+        "127.0.0.1:9443".parse().unwrap()
+    );
     assert_eq!(cfg.logging.level, LogLevel::Info);
     assert_eq!(cfg.regions[0].servers[0].weight, 100);
 }
@@ -164,7 +193,10 @@ fn aliases_and_durations() {
         let cfg = ok(&domain(&format!("    routing_algorithm: {alias}\n")));
         assert_eq!(cfg.domains[0].routing_algorithm, want, "{alias}");
     }
-    assert_eq!("1h30m".parse::<Duration>().unwrap(), Duration::from_secs(5400));
+    assert_eq!(
+        "1h30m".parse::<Duration>().unwrap(),
+        Duration::from_secs(5400)
+    );
     assert_eq!("14d".parse::<Duration>().unwrap().to_string(), "14d");
     assert_eq!("500ms".parse::<Duration>().unwrap().to_string(), "500ms");
     assert!("5".parse::<Duration>().is_err());
@@ -173,8 +205,18 @@ fn aliases_and_durations() {
 
 #[test]
 fn unknown_key_names_line_and_path() {
-    one(&domain("    colour: red\n"), 11, "domains[0].colour", "unknown field `colour`");
-    one("logging:\n  level: info\n  colour: red\n", 3, "logging.colour", "unknown field");
+    one(
+        &domain("    colour: red\n"),
+        11,
+        "domains[0].colour",
+        "unknown field `colour`",
+    );
+    one(
+        "logging:\n  level: info\n  colour: red\n",
+        3,
+        "logging.colour",
+        "unknown field",
+    );
 }
 
 #[test]
@@ -189,18 +231,46 @@ fn unknown_routing_algorithm() {
 
 #[test]
 fn bad_type_and_bad_duration() {
-    one(&domain("    ttl: abc\n"), 11, "domains[0].ttl", "invalid type");
-    one(&domain("    failback_delay: 5x\n"), 11, "domains[0].failback_delay", "invalid duration \"5x\"");
-    one(&domain("    failback_delay: 30\n"), 11, "domains[0].failback_delay", "missing unit");
-    one("dns:\n  listen_address: nope\n", 2, "dns.listen_address", "socket address");
-    one("regions:\n  - name: a\n    servers:\n      - {address: not-an-ip}\n", 4, "regions[0].servers[0].address", "IP address");
+    one(
+        &domain("    ttl: abc\n"),
+        11,
+        "domains[0].ttl",
+        "invalid type",
+    );
+    one(
+        &domain("    failback_delay: 5x\n"),
+        11,
+        "domains[0].failback_delay",
+        "invalid duration \"5x\"",
+    );
+    one(
+        &domain("    failback_delay: 30\n"),
+        11,
+        "domains[0].failback_delay",
+        "missing unit",
+    );
+    one(
+        "dns:\n  listen_address: nope\n",
+        2,
+        "dns.listen_address",
+        "socket address",
+    );
+    one(
+        "regions:\n  - name: a\n    servers:\n      - {address: not-an-ip}\n",
+        4,
+        "regions[0].servers[0].address",
+        "IP address",
+    );
 }
 
 #[test]
 fn yaml_syntax_error_names_line() {
     let issues = errors("dns:\n  zones: [a.com\nregions: []\n");
     assert_eq!(issues.len(), 1);
-    assert!(issues[0].message.contains("YAML syntax error"), "{issues:?}");
+    assert!(
+        issues[0].message.contains("YAML syntax error"),
+        "{issues:?}"
+    );
     assert!(issues[0].line.is_some());
 }
 
@@ -214,7 +284,12 @@ fn semantic_errors_are_all_reported_with_lines() {
     has(&issues, 8, "regions[1].name", "defined twice");
     has(&issues, 10, "regions[1].servers[0].port", "1-65535");
     has(&issues, 10, "regions[1].servers[0].weight", "0-1000");
-    has(&issues, 13, "domains[0].regions[1]", "unknown region \"nowhere\"");
+    has(
+        &issues,
+        13,
+        "domains[0].regions[1]",
+        "unknown region \"nowhere\"",
+    );
     has(&issues, 14, "domains[1].name", "not inside any zone");
     assert_eq!(issues.len(), 5, "{issues:#?}");
     // Sorted by line.
@@ -224,7 +299,12 @@ fn semantic_errors_are_all_reported_with_lines() {
 #[test]
 fn timeout_must_be_below_interval() {
     let text = "regions:\n  - name: a\n    servers: [{address: 192.0.2.1}]\n    health_check:\n      type: http\n      interval: 5s\n      timeout: 5s\n";
-    one(text, 7, "regions[0].health_check.timeout", "shorter than interval");
+    one(
+        text,
+        7,
+        "regions[0].health_check.timeout",
+        "shorter than interval",
+    );
 }
 
 #[test]
@@ -243,7 +323,12 @@ fn longest_zone_wins_and_records_stay_in_their_zone() {
     let name = DnsName::parse("a.sub.example.com").unwrap();
     assert_eq!(cfg.zone_of(&name), Some(1));
     let text = "dns:\n  zones:\n    - name: example.com\n      records:\n        - {name: www.example.org, type: TXT, value: x}\n";
-    one(text, 5, "dns.zones[0].records[0].name", "not inside zone example.com");
+    one(
+        text,
+        5,
+        "dns.zones[0].records[0].name",
+        "not inside zone example.com",
+    );
 }
 
 #[test]
@@ -251,7 +336,12 @@ fn record_values_are_parsed() {
     let text = "dns:\n  zones:\n    - name: example.com\n      records:\n        - {name: example.com, type: MX, value: \"mail.example.com\"}\n        - {name: example.com, type: MX, value: \"10 mail.example.com\"}\n        - {name: a.example.com, type: A, value: \"2001:db8::1\"}\n";
     let issues = errors(text);
     has(&issues, 5, "dns.zones[0].records[0].value", "preference");
-    has(&issues, 7, "dns.zones[0].records[2].value", "not an IPv4 address");
+    has(
+        &issues,
+        7,
+        "dns.zones[0].records[2].value",
+        "not an IPv4 address",
+    );
     assert_eq!(issues.len(), 2, "{issues:#?}");
 }
 
@@ -269,9 +359,24 @@ fn cname_conflicts() {
         )
     );
     let issues = errors(&text);
-    has(&issues, 6, "dns.zones[0].records[1].type", "cannot coexist with the CNAME at a.example.com");
-    has(&issues, 7, "dns.zones[0].records[2].type", "not allowed at the zone apex");
-    has(&issues, 8, "dns.zones[0].records[3].type", "load-balanced domain");
+    has(
+        &issues,
+        6,
+        "dns.zones[0].records[1].type",
+        "cannot coexist with the CNAME at a.example.com",
+    );
+    has(
+        &issues,
+        7,
+        "dns.zones[0].records[2].type",
+        "not allowed at the zone apex",
+    );
+    has(
+        &issues,
+        8,
+        "dns.zones[0].records[3].type",
+        "load-balanced domain",
+    );
     assert_eq!(issues.len(), 3, "{issues:#?}");
 }
 
@@ -319,7 +424,11 @@ fn includes_merge_and_name_their_file() {
 
     // A semantic error in an included file names that file and its line.
     let bad = dir.path().join("conf.d/30-bad.yaml");
-    std::fs::write(&bad, "domains:\n  - name: x.example.net\n    regions: [nowhere]\n").unwrap();
+    std::fs::write(
+        &bad,
+        "domains:\n  - name: x.example.net\n    regions: [nowhere]\n",
+    )
+    .unwrap();
     let e = load(&main).unwrap_err();
     let issue = &e.issues()[0];
     assert_eq!(issue.file, bad);
@@ -331,7 +440,11 @@ fn includes_merge_and_name_their_file() {
     let e = load(&main).unwrap_err();
     assert_eq!(e.issues()[0].file, bad);
     assert_eq!(e.issues()[0].line, Some(3));
-    assert!(e.to_string().contains("30-bad.yaml:3: domains[0].bogus: unknown field"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("30-bad.yaml:3: domains[0].bogus: unknown field"),
+        "{e}"
+    );
 
     // A missing literal include is an error at the includes line.
     std::fs::remove_file(&bad).unwrap();

@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::include::{Origins, Source};
-use super::{
-    Config, ConfigIssue, DnsName, HealthCheckConfig, HealthCheckType, RecordType,
-};
+use super::{Config, ConfigIssue, DnsName, HealthCheckConfig, HealthCheckType, RecordType};
 
 /// Largest TTL allowed (RFC 2181 §8).
 pub(crate) const MAX_TTL: u32 = (1 << 31) - 1;
@@ -55,7 +53,12 @@ fn check_dns(cfg: &Config, r: &mut Report<'_>) {
     let mut seen = HashSet::new();
     for (z, zone) in cfg.dns.zones.iter().enumerate() {
         if !seen.insert(&zone.name) {
-            r.item(List::Zones, z, ".name", format!("zone {} is configured twice", zone.name));
+            r.item(
+                List::Zones,
+                z,
+                ".name",
+                format!("zone {} is configured twice", zone.name),
+            );
         }
         let soa = &zone.soa;
         for (key, v) in [
@@ -66,7 +69,12 @@ fn check_dns(cfg: &Config, r: &mut Report<'_>) {
             ("expire", soa.expire),
         ] {
             if v.is_some_and(|v| v > MAX_TTL) {
-                r.item(List::Zones, z, &format!(".soa.{key}"), format!("must be at most {MAX_TTL}"));
+                r.item(
+                    List::Zones,
+                    z,
+                    &format!(".soa.{key}"),
+                    format!("must be at most {MAX_TTL}"),
+                );
             }
         }
     }
@@ -79,7 +87,12 @@ fn check_regions(cfg: &Config, r: &mut Report<'_>) {
         if region.name.trim().is_empty() {
             r.item(List::Regions, i, ".name", "region name must not be empty");
         } else if !seen.insert(region.name.as_str()) {
-            r.item(List::Regions, i, ".name", format!("region {:?} is defined twice", region.name));
+            r.item(
+                List::Regions,
+                i,
+                ".name",
+                format!("region {:?} is defined twice", region.name),
+            );
         }
         for (c, code) in region.countries.iter().enumerate() {
             if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -97,25 +110,48 @@ fn check_regions(cfg: &Config, r: &mut Report<'_>) {
                     List::Regions,
                     i,
                     &format!(".continents[{c}]"),
-                    format!("{code:?} is not a continent code (expected one of {})", CONTINENTS.join(", ")),
+                    format!(
+                        "{code:?} is not a continent code (expected one of {})",
+                        CONTINENTS.join(", ")
+                    ),
                 );
             }
         }
         for (f, name) in region.fallback.iter().enumerate() {
             if !names.contains(name.as_str()) {
-                r.item(List::Regions, i, &format!(".fallback[{f}]"), format!("unknown region {name:?}"));
+                r.item(
+                    List::Regions,
+                    i,
+                    &format!(".fallback[{f}]"),
+                    format!("unknown region {name:?}"),
+                );
             } else if name == &region.name {
-                r.item(List::Regions, i, &format!(".fallback[{f}]"), "a region cannot fall back to itself");
+                r.item(
+                    List::Regions,
+                    i,
+                    &format!(".fallback[{f}]"),
+                    "a region cannot fall back to itself",
+                );
             }
         }
         let mut addrs = HashSet::new();
         for (s, server) in region.servers.iter().enumerate() {
             let key = format!(".servers[{s}]");
             if server.port == 0 {
-                r.item(List::Regions, i, &format!("{key}.port"), "port must be 1-65535");
+                r.item(
+                    List::Regions,
+                    i,
+                    &format!("{key}.port"),
+                    "port must be 1-65535",
+                );
             }
             if server.weight > 1000 {
-                r.item(List::Regions, i, &format!("{key}.weight"), "weight must be 0-1000");
+                r.item(
+                    List::Regions,
+                    i,
+                    &format!("{key}.weight"),
+                    "weight must be 0-1000",
+                );
             }
             if let Some(service) = server.service.as_deref().filter(|s| !s.trim().is_empty()) {
                 if let Err(e) = DnsName::parse(service.trim()) {
@@ -123,7 +159,15 @@ fn check_regions(cfg: &Config, r: &mut Report<'_>) {
                 }
             }
             if !addrs.insert((server.address, server.port, server.service.clone())) {
-                r.item(List::Regions, i, &key, format!("server {} port {} is listed twice", server.address, server.port));
+                r.item(
+                    List::Regions,
+                    i,
+                    &key,
+                    format!(
+                        "server {} port {} is listed twice",
+                        server.address, server.port
+                    ),
+                );
             }
         }
         check_health(&region.health_check, &mut |sub, msg| {
@@ -144,7 +188,10 @@ fn check_health(hc: &HealthCheckConfig, report: &mut dyn FnMut(&str, String)) {
     } else if hc.timeout >= hc.interval {
         report(
             ".timeout",
-            format!("timeout ({}) must be shorter than interval ({})", hc.timeout, hc.interval),
+            format!(
+                "timeout ({}) must be shorter than interval ({})",
+                hc.timeout, hc.interval
+            ),
         );
     }
     if hc.failure_threshold == 0 {
@@ -153,12 +200,17 @@ fn check_health(hc: &HealthCheckConfig, report: &mut dyn FnMut(&str, String)) {
     if hc.success_threshold == 0 {
         report(".success_threshold", "must be at least 1".to_owned());
     }
-    if matches!(hc.kind, HealthCheckType::Http | HealthCheckType::Https) && !hc.path.starts_with('/') {
+    if matches!(hc.kind, HealthCheckType::Http | HealthCheckType::Https)
+        && !hc.path.starts_with('/')
+    {
         report(".path", format!("path {:?} must start with '/'", hc.path));
     }
     for (i, code) in hc.expected_status.iter().enumerate() {
         if !(100..=599).contains(code) {
-            report(&format!(".expected_status[{i}]"), format!("{code} is not an HTTP status"));
+            report(
+                &format!(".expected_status[{i}]"),
+                format!("{code} is not an HTTP status"),
+            );
         }
     }
 }
@@ -167,7 +219,12 @@ fn check_domains(cfg: &Config, r: &mut Report<'_>) {
     let mut seen = HashSet::new();
     for (i, domain) in cfg.domains.iter().enumerate() {
         if !seen.insert(&domain.name) {
-            r.item(List::Domains, i, ".name", format!("domain {} is defined twice", domain.name));
+            r.item(
+                List::Domains,
+                i,
+                ".name",
+                format!("domain {} is defined twice", domain.name),
+            );
         }
         if cfg.zone_of(&domain.name).is_none() {
             r.item(
@@ -178,7 +235,12 @@ fn check_domains(cfg: &Config, r: &mut Report<'_>) {
             );
         }
         if domain.regions.is_empty() {
-            r.item(List::Domains, i, ".regions", "a domain needs at least one region");
+            r.item(
+                List::Domains,
+                i,
+                ".regions",
+                "a domain needs at least one region",
+            );
         }
         let mut serving = false;
         let mut unknown = false;
@@ -186,16 +248,31 @@ fn check_domains(cfg: &Config, r: &mut Report<'_>) {
             match cfg.regions.iter().find(|reg| &reg.name == name) {
                 None => {
                     unknown = true;
-                    r.item(List::Domains, i, &format!(".regions[{g}]"), format!("unknown region {name:?}"));
+                    r.item(
+                        List::Domains,
+                        i,
+                        &format!(".regions[{g}]"),
+                        format!("unknown region {name:?}"),
+                    );
                 }
                 Some(region) => serving |= region.servers.iter().any(|s| s.serves(&domain.name)),
             }
         }
         if !domain.regions.is_empty() && !unknown && !serving {
-            r.item(List::Domains, i, ".regions", format!("no server in these regions serves {}", domain.name));
+            r.item(
+                List::Domains,
+                i,
+                ".regions",
+                format!("no server in these regions serves {}", domain.name),
+            );
         }
         if domain.ttl.is_some_and(|t| t > MAX_TTL) {
-            r.item(List::Domains, i, ".ttl", format!("TTL must be at most {MAX_TTL}"));
+            r.item(
+                List::Domains,
+                i,
+                ".ttl",
+                format!("TTL must be at most {MAX_TTL}"),
+            );
         }
         if domain.ecs_max_prefix_v4 > 32 {
             r.item(List::Domains, i, ".ecs_max_prefix_v4", "must be 0-32");
@@ -205,7 +282,12 @@ fn check_domains(cfg: &Config, r: &mut Report<'_>) {
         }
         if let Some(l) = &domain.latency_config {
             if !(l.smoothing_factor > 0.0 && l.smoothing_factor <= 1.0) {
-                r.item(List::Domains, i, ".latency_config.smoothing_factor", "must be in (0, 1]");
+                r.item(
+                    List::Domains,
+                    i,
+                    ".latency_config.smoothing_factor",
+                    "must be in (0, 1]",
+                );
             }
         }
     }
@@ -220,7 +302,12 @@ fn check_records(cfg: &Config, r: &mut Report<'_>) {
         for (k, rec) in zone.records.iter().enumerate() {
             let key = format!(".records[{k}]");
             if !rec.name.is_in(&zone.name) {
-                r.item(List::Zones, z, &format!("{key}.name"), format!("{} is not inside zone {}", rec.name, zone.name));
+                r.item(
+                    List::Zones,
+                    z,
+                    &format!("{key}.name"),
+                    format!("{} is not inside zone {}", rec.name, zone.name),
+                );
                 continue;
             }
             if let Some(owner) = cfg.zone_of(&rec.name).filter(|&o| o != z) {
@@ -228,7 +315,10 @@ fn check_records(cfg: &Config, r: &mut Report<'_>) {
                     List::Zones,
                     z,
                     &format!("{key}.name"),
-                    format!("{} belongs to the more specific zone {}", rec.name, cfg.dns.zones[owner].name),
+                    format!(
+                        "{} belongs to the more specific zone {}",
+                        rec.name, cfg.dns.zones[owner].name
+                    ),
                 );
                 continue;
             }
@@ -236,17 +326,31 @@ fn check_records(cfg: &Config, r: &mut Report<'_>) {
                 r.item(List::Zones, z, &format!("{key}.value"), e);
             }
             if rec.ttl.is_some_and(|t| t > MAX_TTL) {
-                r.item(List::Zones, z, &format!("{key}.ttl"), format!("TTL must be at most {MAX_TTL}"));
+                r.item(
+                    List::Zones,
+                    z,
+                    &format!("{key}.ttl"),
+                    format!("TTL must be at most {MAX_TTL}"),
+                );
             }
             if rec.rtype == RecordType::NS && rec.name == zone.name {
-                r.item(List::Zones, z, &format!("{key}.type"), "apex NS records come from the zone's ns: list");
-            }
-            if matches!(rec.rtype, RecordType::A | RecordType::AAAA) && domains.contains(&rec.name) {
                 r.item(
                     List::Zones,
                     z,
                     &format!("{key}.type"),
-                    format!("{} is a load-balanced domain; its addresses come from its regions", rec.name),
+                    "apex NS records come from the zone's ns: list",
+                );
+            }
+            if matches!(rec.rtype, RecordType::A | RecordType::AAAA) && domains.contains(&rec.name)
+            {
+                r.item(
+                    List::Zones,
+                    z,
+                    &format!("{key}.type"),
+                    format!(
+                        "{} is a load-balanced domain; its addresses come from its regions",
+                        rec.name
+                    ),
                 );
             }
             owners.entry(&rec.name).or_default().push((z, k, rec.rtype));
@@ -259,7 +363,12 @@ fn check_records(cfg: &Config, r: &mut Report<'_>) {
         };
         let key = format!(".records[{ck}].type");
         if apexes.contains(name) {
-            r.item(List::Zones, cz, &key, format!("a CNAME is not allowed at the zone apex {name} {cname_rule}"));
+            r.item(
+                List::Zones,
+                cz,
+                &key,
+                format!("a CNAME is not allowed at the zone apex {name} {cname_rule}"),
+            );
         }
         if domains.contains(name) {
             r.item(
@@ -273,7 +382,11 @@ fn check_records(cfg: &Config, r: &mut Report<'_>) {
             if (z, k) == (cz, ck) {
                 continue;
             }
-            let what = if t == RecordType::CNAME { "a second CNAME".to_owned() } else { format!("a {t:?} record") };
+            let what = if t == RecordType::CNAME {
+                "a second CNAME".to_owned()
+            } else {
+                format!("a {t:?} record")
+            };
             r.item(
                 List::Zones,
                 z,
@@ -308,25 +421,37 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
     }
     for (service, token) in &ow.agent_tokens {
         if token.chars().count() < 16 {
-            r.at(&format!("overwatch.agent_tokens.{service}"), "token must be at least 16 characters");
+            r.at(
+                &format!("overwatch.agent_tokens.{service}"),
+                "token must be at least 16 characters",
+            );
         }
     }
     let v = &ow.validation;
     if v.enabled && v.check_timeout >= v.check_interval {
         r.at(
             "overwatch.validation.check_timeout",
-            format!("check_timeout ({}) must be shorter than check_interval ({})", v.check_timeout, v.check_interval),
+            format!(
+                "check_timeout ({}) must be shorter than check_interval ({})",
+                v.check_timeout, v.check_interval
+            ),
         );
     }
     if ow.stale.threshold.is_zero() {
         r.at("overwatch.stale.threshold", "must be greater than 0");
     } else if ow.stale.remove_after < ow.stale.threshold {
-        r.at("overwatch.stale.remove_after", "must not be shorter than threshold");
+        r.at(
+            "overwatch.stale.remove_after",
+            "must not be shorter than threshold",
+        );
     }
     let geo = &ow.geolocation;
     if let Some(name) = &geo.default_region {
         if !regions.contains(name.as_str()) {
-            r.at("overwatch.geolocation.default_region", format!("unknown region {name:?}"));
+            r.at(
+                "overwatch.geolocation.default_region",
+                format!("unknown region {name:?}"),
+            );
         }
     }
     for (i, m) in geo.custom_mappings.iter().enumerate() {
@@ -338,18 +463,29 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
         }
     }
     let sec = &ow.dnssec;
-    if !sec.enabled && sec.security_acknowledgment.as_deref().is_none_or(|s| s.trim().is_empty()) {
+    if !sec.enabled
+        && sec
+            .security_acknowledgment
+            .as_deref()
+            .is_none_or(|s| s.trim().is_empty())
+    {
         r.at(
             "overwatch.dnssec.enabled",
             "turning DNSSEC off needs overwatch.dnssec.security_acknowledgment (a non-empty statement)",
         );
     }
     if sec.enabled && sec.refresh_before >= sec.signature_validity {
-        r.at("overwatch.dnssec.refresh_before", "must be shorter than signature_validity");
+        r.at(
+            "overwatch.dnssec.refresh_before",
+            "must be shorter than signature_validity",
+        );
     }
     if let Some(agent) = &cfg.agent {
         if agent.identity.service_token.chars().count() < 16 {
-            r.at("agent.identity.service_token", "token must be at least 16 characters");
+            r.at(
+                "agent.identity.service_token",
+                "token must be at least 16 characters",
+            );
         }
         for (i, b) in agent.backends.iter().enumerate() {
             let key = format!("agent.backends[{i}]");
@@ -360,7 +496,9 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
                 r.at(&format!("{key}.weight"), "weight must be 0-1000");
             }
             let mut issues = Vec::new();
-            check_health(&b.health_check, &mut |sub, msg| issues.push((format!("{key}.health_check{sub}"), msg)));
+            check_health(&b.health_check, &mut |sub, msg| {
+                issues.push((format!("{key}.health_check{sub}"), msg))
+            });
             for (k, msg) in issues {
                 r.at(&k, msg);
             }
@@ -393,7 +531,10 @@ impl Report<'_> {
             List::Domains => (&self.origins.domains, "domains"),
             List::Zones => (&self.origins.zones, "dns.zones"),
         };
-        let origin = origins.get(index).copied().unwrap_or(super::include::Origin { source: 0, index });
+        let origin = origins
+            .get(index)
+            .copied()
+            .unwrap_or(super::include::Origin { source: 0, index });
         let source = &self.sources[origin.source.min(self.sources.len() - 1)];
         let key = format!("{prefix}[{}]{sub}", origin.index);
         self.issues.push(ConfigIssue {
