@@ -79,7 +79,13 @@ fn sibling(name: &str) -> Result<PathBuf> {
         if let Ok(cargo) = std::env::var("CARGO") {
             let release = dir.ends_with("release");
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "opengslb-controlplane", "-p", "opengslb-dataplane"]);
+            cmd.args([
+                "build",
+                "-p",
+                "opengslb-controlplane",
+                "-p",
+                "opengslb-dataplane",
+            ]);
             if release {
                 cmd.arg("--release");
             }

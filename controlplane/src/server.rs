@@ -41,7 +41,7 @@ impl Versions {
 
     /// The next (generation, serial) pair: microseconds and seconds since the
     /// epoch, each bumped past its predecessor when the clock has not moved.
-    pub fn next(&mut self) -> (u64, u32) {
+    pub fn advance(&mut self) -> (u64, u32) {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -77,7 +77,7 @@ pub struct State {
 impl State {
     /// Compiles `cfg` with the next generation and serial and persists the serial.
     async fn compile(&self, cfg: &Config) -> Result<opengslb_proto::Snapshot> {
-        let (generation, serial) = self.versions.lock().await.next();
+        let (generation, serial) = self.versions.lock().await.advance();
         self.store
             .set_meta("soa_serial", &serial.to_string())
             .await?;
@@ -139,7 +139,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut versions = Versions::new(last_serial);
-    let (generation, serial) = versions.next();
+    let (generation, serial) = versions.advance();
     store.set_meta("soa_serial", &serial.to_string()).await?;
     let first = compile::compile(&cfg, generation, serial, &|_| true);
     tracing::info!(
@@ -212,12 +212,12 @@ mod tests {
     fn versions_strictly_increase() {
         let far_future = u32::MAX - 5;
         let mut v = Versions::new(far_future);
-        let (g1, s1) = v.next();
-        let (g2, s2) = v.next();
+        let (g1, s1) = v.advance();
+        let (g2, s2) = v.advance();
         assert!(g2 > g1);
         assert_eq!(s2, s1.wrapping_add(1));
         let mut v = Versions::new(0);
-        let (_, s) = v.next();
+        let (_, s) = v.advance();
         assert!(s > 1_700_000_000, "serial follows the clock: {s}");
     }
 }

@@ -153,7 +153,9 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDelta {
         || old.geo.is_none() != new.geo.is_none())
     .then(|| new.geo.clone())
     .flatten();
-    let options = (old.options != new.options).then(|| new.options).flatten();
+    let options = (old.options != new.options)
+        .then_some(new.options)
+        .flatten();
     SnapshotDelta {
         base_generation: old.generation,
         generation: new.generation,

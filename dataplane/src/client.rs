@@ -182,7 +182,10 @@ async fn stream_once(
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|e| (false, e.to_string()))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| (false, e.to_string()))?;
     let mut client = SnapshotServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     let have_generation = publisher.handle.get().map_or(0, |h| h.generation());
     let mut stream = client

@@ -98,7 +98,11 @@ mod tests {
         };
         let next = apply(&base, delta).unwrap();
         assert_eq!(next.generation, 11);
-        let names: Vec<_> = next.nodes.iter().map(|n| (n.name.clone(), n.zone)).collect();
+        let names: Vec<_> = next
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.zone))
+            .collect();
         assert_eq!(
             names,
             vec![(b"\x01b\x00".to_vec(), 1), (b"\x01c\x00".to_vec(), 0)]

@@ -17,8 +17,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::handle::SnapshotHandle;
 
 const RCODES: [&str; 16] = [
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
-    "NXRRSET", "NOTAUTH", "NOTZONE", "DSOTYPENI", "RCODE12", "RCODE13", "RCODE14", "RCODE15",
+    "NOERROR",
+    "FORMERR",
+    "SERVFAIL",
+    "NXDOMAIN",
+    "NOTIMP",
+    "REFUSED",
+    "YXDOMAIN",
+    "YXRRSET",
+    "NXRRSET",
+    "NOTAUTH",
+    "NOTZONE",
+    "DSOTYPENI",
+    "RCODE12",
+    "RCODE13",
+    "RCODE14",
+    "RCODE15",
 ];
 
 /// Counters written by one worker (or by the TCP side).
@@ -89,7 +103,10 @@ impl Metrics {
     pub fn render(&self, handle: Option<&SnapshotHandle>) -> String {
         let mut out = String::with_capacity(4096);
         let sum = |f: &dyn Fn(&WorkerCounters) -> u64| -> u64 { self.udp.iter().map(f).sum() };
-        let _ = writeln!(out, "# HELP opengslb_dns_queries_total DNS messages received.");
+        let _ = writeln!(
+            out,
+            "# HELP opengslb_dns_queries_total DNS messages received."
+        );
         let _ = writeln!(out, "# TYPE opengslb_dns_queries_total counter");
         let _ = writeln!(
             out,
@@ -101,7 +118,10 @@ impl Metrics {
             "opengslb_dns_queries_total{{transport=\"tcp\"}} {}",
             self.tcp.queries.load(Relaxed)
         );
-        let _ = writeln!(out, "# HELP opengslb_dns_responses_total DNS replies sent, by RCODE.");
+        let _ = writeln!(
+            out,
+            "# HELP opengslb_dns_responses_total DNS replies sent, by RCODE."
+        );
         let _ = writeln!(out, "# TYPE opengslb_dns_responses_total counter");
         for (i, name) in RCODES.iter().enumerate() {
             let udp = sum(&|w| w.responses[i].load(Relaxed));
@@ -118,17 +138,60 @@ impl Metrics {
             }
         }
         let simple: [(&str, &str, &str, u64); 8] = [
-            ("opengslb_dns_truncated_total", "counter", "Replies sent with TC=1.", sum(&|w| w.truncated.load(Relaxed))),
-            ("opengslb_dns_dropped_total", "counter", "Messages that got no reply.", sum(&|w| w.dropped.load(Relaxed)) + self.tcp.dropped.load(Relaxed)),
-            ("opengslb_tcp_connections_refused_total", "counter", "TCP connections closed because max_connections was reached.", self.tcp_refused.load(Relaxed)),
-            ("opengslb_tcp_connections_open", "gauge", "Open TCP connections.", self.tcp_open.load(Relaxed)),
-            ("opengslb_snapshots_applied_total", "counter", "Snapshots received and served.", self.snapshots_applied.load(Relaxed)),
-            ("opengslb_snapshots_rejected_total", "counter", "Snapshot messages rejected by validation.", self.snapshots_rejected.load(Relaxed)),
-            ("opengslb_stream_errors_total", "counter", "Snapshot stream connection failures.", self.stream_errors.load(Relaxed)),
-            ("opengslb_snapshot_generation", "gauge", "Generation of the snapshot being served.", handle.map_or(0, |h| h.generation())),
+            (
+                "opengslb_dns_truncated_total",
+                "counter",
+                "Replies sent with TC=1.",
+                sum(&|w| w.truncated.load(Relaxed)),
+            ),
+            (
+                "opengslb_dns_dropped_total",
+                "counter",
+                "Messages that got no reply.",
+                sum(&|w| w.dropped.load(Relaxed)) + self.tcp.dropped.load(Relaxed),
+            ),
+            (
+                "opengslb_tcp_connections_refused_total",
+                "counter",
+                "TCP connections closed because max_connections was reached.",
+                self.tcp_refused.load(Relaxed),
+            ),
+            (
+                "opengslb_tcp_connections_open",
+                "gauge",
+                "Open TCP connections.",
+                self.tcp_open.load(Relaxed),
+            ),
+            (
+                "opengslb_snapshots_applied_total",
+                "counter",
+                "Snapshots received and served.",
+                self.snapshots_applied.load(Relaxed),
+            ),
+            (
+                "opengslb_snapshots_rejected_total",
+                "counter",
+                "Snapshot messages rejected by validation.",
+                self.snapshots_rejected.load(Relaxed),
+            ),
+            (
+                "opengslb_stream_errors_total",
+                "counter",
+                "Snapshot stream connection failures.",
+                self.stream_errors.load(Relaxed),
+            ),
+            (
+                "opengslb_snapshot_generation",
+                "gauge",
+                "Generation of the snapshot being served.",
+                handle.map_or(0, |h| h.generation()),
+            ),
         ];
         for (name, kind, help, value) in simple {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         let from_cache = handle.is_some_and(|h| h.is_from_cache());
         let _ = writeln!(

@@ -215,7 +215,10 @@ mod tests {
             r#"{"logging": {"level": "loud", "format": "text"}}"#,
             r#"{"tcp": {"max_connections": 0}}"#,
         ] {
-            assert!(DataplaneSettings::parse(bad, std::path::Path::new("x")).is_err(), "{bad}");
+            assert!(
+                DataplaneSettings::parse(bad, std::path::Path::new("x")).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -104,7 +104,13 @@ async fn connection(
         metrics.tcp.queries.fetch_add(1, Relaxed);
         let reply_len = {
             let snapshot = handle.load_full();
-            answer(&snapshot, &rx[..n], Transport::Tcp, &mut state, &mut tx[2..])
+            answer(
+                &snapshot,
+                &rx[..n],
+                Transport::Tcp,
+                &mut state,
+                &mut tx[2..],
+            )
         };
         let Some(m) = reply_len else {
             metrics.tcp.dropped.fetch_add(1, Relaxed);

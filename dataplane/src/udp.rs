@@ -31,8 +31,8 @@ const BUF: usize = 65_535;
 /// Binds one `SO_REUSEPORT` UDP socket.
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
     let listen_err = |source| Error::Listen { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(listen_err)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(listen_err)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(listen_err)?;
     }

@@ -34,17 +34,26 @@ fn a_and_aaaa_answer_their_family_with_aa_case_and_ttl() {
         assert!(!m.metadata.recursion_available);
         assert!(m.metadata.recursion_desired, "RD copied");
         assert_eq!(m.metadata.id, 0x4242);
-        assert_eq!(m.queries[0].name().to_ascii(), "wWw.GsLb.TeSt.", "question case echoed");
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            "wWw.GsLb.TeSt.",
+            "question case echoed"
+        );
         assert_eq!(
             a_addrs(&m),
-            ["192.0.2.1", "192.0.2.2", "192.0.2.3"].map(String::from).into()
+            ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+                .map(String::from)
+                .into()
         );
         assert!(m.answers.iter().all(|r| r.ttl == 30), "domain ttl");
         assert!(m.answers.iter().all(|r| r.record_type() == RecordType::A));
     }
     for m in both(&g, &query("www.gslb.test.", RecordType::AAAA)) {
         assert_eq!(a_addrs(&m), ["2001:db8::1".to_string()].into());
-        assert!(m.answers.iter().all(|r| r.record_type() == RecordType::AAAA));
+        assert!(m
+            .answers
+            .iter()
+            .all(|r| r.record_type() == RecordType::AAAA));
     }
     // default_ttl applies when the domain sets none
     let m = g.udp(&query("api.gslb.test.", RecordType::A));
@@ -94,7 +103,10 @@ fn soa_ns_nxdomain_nodata_refused() {
         assert!(m.answers.is_empty());
         assert_eq!(m.authorities.len(), 1);
         assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
-        assert_eq!(m.authorities[0].ttl, 30, "negative TTL = min(SOA ttl, minimum)");
+        assert_eq!(
+            m.authorities[0].ttl, 30,
+            "negative TTL = min(SOA ttl, minimum)"
+        );
     }
     // below an existing name
     let m = g.udp(&query("x.www.gslb.test.", RecordType::A));
@@ -128,7 +140,9 @@ fn static_records_and_cname_chase() {
         assert_eq!(m.answers[0].ttl, 300);
         assert_eq!(
             a_addrs(&m),
-            ["192.0.2.1", "192.0.2.2", "192.0.2.3"].map(String::from).into(),
+            ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+                .map(String::from)
+                .into(),
             "in-zone target's addresses added"
         );
     }
@@ -177,11 +191,17 @@ fn edns_opt_payload_badvers_and_double_opt() {
     let raw = g.udp_raw(&q.to_vec().unwrap(), 2000).expect("reply");
     let m = Message::from_vec(&raw).unwrap();
     assert_eq!(raw[3] & 0x0f, 0, "header RCODE holds the low bits (0)");
-    assert_eq!(u16::from(m.metadata.response_code), 16, "extended RCODE 16 = BADVERS");
+    assert_eq!(
+        u16::from(m.metadata.response_code),
+        16,
+        "extended RCODE 16 = BADVERS"
+    );
     assert!(m.answers.is_empty());
 
     // unknown option ignored: option code 65001 appended by hand
-    let mut raw = query_edns("www.gslb.test.", RecordType::A, 1232).to_vec().unwrap();
+    let mut raw = query_edns("www.gslb.test.", RecordType::A, 1232)
+        .to_vec()
+        .unwrap();
     let n = raw.len();
     raw[n - 2..].copy_from_slice(&6u16.to_be_bytes()); // OPT rdlen
     raw.extend_from_slice(&[0xfd, 0xe9, 0, 2, 0xab, 0xcd]);
@@ -249,7 +269,11 @@ fn malformed_queries_get_formerr_notimp_or_silence() {
     let mut response = good.clone();
     response[2] |= 0x80;
     assert_eq!(g.udp_raw(&response, 300), None, "no reply to QR=1");
-    assert_eq!(g.udp_raw(&good[..5], 300), None, "no reply to a partial header");
+    assert_eq!(
+        g.udp_raw(&good[..5], 300),
+        None,
+        "no reply to a partial header"
+    );
 
     // 2,000 hostile packets (seeded mutations and junk); then answers are still right
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -262,7 +286,9 @@ fn malformed_queries_get_formerr_notimp_or_silence() {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..2000 {
         let mut p = if i % 3 == 0 {
-            (0..(next() % 600) as usize).map(|_| next() as u8).collect::<Vec<_>>()
+            (0..(next() % 600) as usize)
+                .map(|_| next() as u8)
+                .collect::<Vec<_>>()
         } else {
             let mut p = good.clone();
             for _ in 0..1 + next() % 4 {
@@ -294,7 +320,10 @@ fn tcp_pipelining_idle_timeout_and_connection_cap() {
     let mut s = TcpStream::connect(g.dns).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut burst = Vec::new();
-    for (i, name) in ["www.gslb.test.", "api.gslb.test.", "nope.gslb.test."].iter().enumerate() {
+    for (i, name) in ["www.gslb.test.", "api.gslb.test.", "nope.gslb.test."]
+        .iter()
+        .enumerate()
+    {
         let mut q = query(name, RecordType::A);
         q.metadata.id = i as u16;
         let b = q.to_vec().unwrap();
@@ -321,14 +350,31 @@ fn tcp_pipelining_idle_timeout_and_connection_cap() {
     assert!(tcp_recv(&mut s).is_none(), "idle connection closed");
 
     // cap of 16: the 17th connection is closed at once
-    let held: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(g.dns).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(g.dns).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     let mut extra = TcpStream::connect(g.dns).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    tcp_send(&mut extra, &query("www.gslb.test.", RecordType::A).to_vec().unwrap());
-    assert!(tcp_recv(&mut extra).is_none(), "connection over the cap is closed");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    tcp_send(
+        &mut extra,
+        &query("www.gslb.test.", RecordType::A).to_vec().unwrap(),
+    );
+    assert!(
+        tcp_recv(&mut extra).is_none(),
+        "connection over the cap is closed"
+    );
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(g.tcp(&query("www.gslb.test.", RecordType::A)).answers.len(), 3);
-    assert!(g.dp_metric("opengslb_tcp_connections_refused_total").unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        g.tcp(&query("www.gslb.test.", RecordType::A)).answers.len(),
+        3
+    );
+    assert!(
+        g.dp_metric("opengslb_tcp_connections_refused_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
 }

@@ -26,7 +26,13 @@ pub fn bin_dir() -> &'static Path {
             .expect("target dir")
             .to_path_buf();
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "opengslb-controlplane", "-p", "opengslb-dataplane"]);
+        cmd.args([
+            "build",
+            "-p",
+            "opengslb-controlplane",
+            "-p",
+            "opengslb-dataplane",
+        ]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -254,7 +260,11 @@ impl Gslb {
 
     pub fn logs(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("--- cp.log\n{}\n--- dp.log\n{}", read("cp.log"), read("dp.log"))
+        format!(
+            "--- cp.log\n{}\n--- dp.log\n{}",
+            read("cp.log"),
+            read("dp.log")
+        )
     }
 
     /// UDP query, panics on timeout.
@@ -317,7 +327,8 @@ pub fn try_udp(addr: SocketAddr, q: &Message, wait_ms: u64) -> Option<Message> {
 
 pub fn udp_raw(addr: SocketAddr, bytes: &[u8], wait_ms: u64) -> Option<Vec<u8>> {
     let s = UdpSocket::bind("127.0.0.1:0").ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(wait_ms))).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(wait_ms)))
+        .ok()?;
     s.send_to(bytes, addr).ok()?;
     let mut buf = vec![0u8; 65535];
     let (n, _) = s.recv_from(&mut buf).ok()?;

@@ -35,8 +35,18 @@ fn soa_serial(g: &Gslb) -> u32 {
 /// The raw replies to a fixed sequence of queries (ids fixed, one worker).
 fn answer_bytes(g: &Gslb) -> Vec<Vec<u8>> {
     let mut qs = Vec::new();
-    for name in ["www.gslb.test.", "WWW.gslb.TEST.", "alias.gslb.test.", "nope.gslb.test."] {
-        for t in [RecordType::A, RecordType::AAAA, RecordType::SOA, RecordType::ANY] {
+    for name in [
+        "www.gslb.test.",
+        "WWW.gslb.TEST.",
+        "alias.gslb.test.",
+        "nope.gslb.test.",
+    ] {
+        for t in [
+            RecordType::A,
+            RecordType::AAAA,
+            RecordType::SOA,
+            RecordType::ANY,
+        ] {
             qs.push(query(name, t));
             qs.push(query_edns(name, t, 1232));
         }
@@ -88,9 +98,10 @@ fn dataplane_survives_controlplane_and_restarts_from_cache_byte_identical() {
 fn sighup_reload_changes_answers_and_soa_serial() {
     let g = Gslb::start();
     let before = soa_serial(&g);
-    let text = std::fs::read_to_string(&g.config)
-        .unwrap()
-        .replace("{address: 198.51.100.7, port: 80}", "{address: 198.51.100.8, port: 80}");
+    let text = std::fs::read_to_string(&g.config).unwrap().replace(
+        "{address: 198.51.100.7, port: 80}",
+        "{address: 198.51.100.8, port: 80}",
+    );
     std::fs::write(&g.config, text).unwrap();
     g.reload_cp();
     wait_until("reloaded answer", 10, || {
@@ -135,7 +146,11 @@ fn broken_config_names_file_line_key_and_never_starts() {
     assert!(err.contains("routing_algorithm"), "{err}");
 
     let unknown = g.dir.path().join("unknown.yaml");
-    std::fs::write(&unknown, "dns:\n  listen_address: 127.0.0.1:53\n  colour: blue\n").unwrap();
+    std::fs::write(
+        &unknown,
+        "dns:\n  listen_address: 127.0.0.1:53\n  colour: blue\n",
+    )
+    .unwrap();
     let out = Command::new(bin("opengslb"))
         .arg("validate")
         .arg("--config")
@@ -160,7 +175,10 @@ fn every_binary_has_help_and_version() {
             let out = Command::new(bin(name)).arg(flag).output().unwrap();
             assert!(out.status.success(), "{name} {flag}");
             let text = String::from_utf8_lossy(&out.stdout);
-            assert!(text.contains(name) || text.contains("Usage"), "{name} {flag}: {text}");
+            assert!(
+                text.contains(name) || text.contains("Usage"),
+                "{name} {flag}: {text}"
+            );
         }
     }
     let out = Command::new(bin("opengslb-agent")).output().unwrap();
@@ -229,7 +247,12 @@ mod fake_controlplane {
             &self,
             _: Request<SubscribeRequest>,
         ) -> Result<Response<Self::SubscribeStream>, Status> {
-            let rx = self.0.lock().unwrap().take().ok_or_else(|| Status::unavailable("once"))?;
+            let rx = self
+                .0
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| Status::unavailable("once"))?;
             Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
         }
     }
@@ -243,7 +266,9 @@ mod fake_controlplane {
                 let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
                 ready_tx.send(()).unwrap();
                 tonic::transport::Server::builder()
-                    .add_service(SnapshotServiceServer::new(Fake(std::sync::Mutex::new(Some(rx)))))
+                    .add_service(SnapshotServiceServer::new(Fake(std::sync::Mutex::new(
+                        Some(rx),
+                    ))))
                     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                     .await
                     .unwrap();
@@ -272,8 +297,18 @@ mod fake_controlplane {
         }
         let zone = Zone {
             apex: wire("fake.test"),
-            soa: Some(RRset { rtype: 6, ttl: 3600, rdata: vec![soa], rrsig: vec![] }),
-            ns: Some(RRset { rtype: 2, ttl: 3600, rdata: vec![wire("ns1.fake.test")], rrsig: vec![] }),
+            soa: Some(RRset {
+                rtype: 6,
+                ttl: 3600,
+                rdata: vec![soa],
+                rrsig: vec![],
+            }),
+            ns: Some(RRset {
+                rtype: 2,
+                ttl: 3600,
+                rdata: vec![wire("ns1.fake.test")],
+                rrsig: vec![],
+            }),
             dnskey: None,
             negative_ttl: 60,
         };
@@ -286,7 +321,12 @@ mod fake_controlplane {
                 policy: Policy::RoundRobin as i32,
                 max_answers: 0,
                 candidates: vec![Candidate {
-                    rrset: Some(RRset { rtype: 1, ttl: 10, rdata: vec![ip.to_vec()], rrsig: vec![] }),
+                    rrset: Some(RRset {
+                        rtype: 1,
+                        ttl: 10,
+                        rdata: vec![ip.to_vec()],
+                        rrsig: vec![],
+                    }),
                     weight: 100,
                     region: 0,
                 }],
@@ -311,7 +351,9 @@ mod fake_controlplane {
 fn invalid_snapshot_is_rejected_counted_and_previous_kept() {
     let mut g = Gslb::prepare(|c| c);
     let updates = fake_controlplane::start(g.grpc);
-    updates.send(Ok(fake_controlplane::snapshot(10, [192, 0, 2, 99]))).unwrap();
+    updates
+        .send(Ok(fake_controlplane::snapshot(10, [192, 0, 2, 99])))
+        .unwrap();
     g.start_dp();
     let www = || g.udp(&query("www.fake.test.", RecordType::A));
     wait_until("first fake snapshot served", 20, || {
@@ -322,7 +364,12 @@ fn invalid_snapshot_is_rejected_counted_and_previous_kept() {
     // An A record with 3 octets of RDATA: invalid.
     let mut bad = fake_controlplane::snapshot(11, [192, 0, 2, 100]);
     if let Some(opengslb_proto::snapshot_update::Kind::Full(s)) = bad.kind.as_mut() {
-        s.nodes[0].plans[0].candidates[0].rrset.as_mut().unwrap().rdata[0].pop();
+        s.nodes[0].plans[0].candidates[0]
+            .rrset
+            .as_mut()
+            .unwrap()
+            .rdata[0]
+            .pop();
     }
     updates.send(Ok(bad)).unwrap();
     wait_until("rejection counted", 10, || {
@@ -333,9 +380,13 @@ fn invalid_snapshot_is_rejected_counted_and_previous_kept() {
     assert!(matches!(&m.answers[0].data, RData::A(a) if a.0.to_string() == "192.0.2.99"));
 
     // A later valid snapshot is served.
-    updates.send(Ok(fake_controlplane::snapshot(12, [192, 0, 2, 101]))).unwrap();
-    wait_until("next valid snapshot", 10, || {
-        matches!(&www().answers[0].data, RData::A(a) if a.0.to_string() == "192.0.2.101")
-    });
+    updates
+        .send(Ok(fake_controlplane::snapshot(12, [192, 0, 2, 101])))
+        .unwrap();
+    wait_until(
+        "next valid snapshot",
+        10,
+        || matches!(&www().answers[0].data, RData::A(a) if a.0.to_string() == "192.0.2.101"),
+    );
     g.kill_dp();
 }

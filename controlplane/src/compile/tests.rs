@@ -44,7 +44,7 @@ fn rrset(node: &Node, t: u32) -> &RRset {
 
 #[test]
 fn example_zone_soa_and_ns() {
-    let snap = compile(&example(), 7, 2024_01_01, &all_healthy);
+    let snap = compile(&example(), 7, 20_240_101, &all_healthy);
     assert_eq!(snap.generation, 7);
     assert_eq!(snap.origin, "quickstart");
     assert_eq!(snap.zones.len(), 1);
@@ -55,7 +55,7 @@ fn example_zone_soa_and_ns() {
     let want = SOA::new(
         hname("ns1.gslb.example.com."),
         hname("hostmaster.gslb.example.com."),
-        2024_01_01,
+        20_240_101,
         3600,
         600,
         604_800,

@@ -71,10 +71,7 @@ impl Builder {
                 self.map.lines.entry(p.clone()).or_insert(line);
                 Some(p)
             }
-            Some(Frame::Map { path, key }) => match key.take() {
-                Some(k) => Some(join(path, &k)),
-                None => None,
-            },
+            Some(Frame::Map { path, key }) => key.take().map(|k| join(path, &k)),
         }
     }
 
