@@ -1,13 +1,22 @@
 //! The snapshot compiler: a validated [`Config`] and the health of every
 //! server in, one `opengslb_proto::Snapshot` out.
 //!
-//! Invariants: pure and deterministic (the same inputs give byte-identical
-//! encoded snapshots: nodes in RFC 4034 canonical order, everything else in
-//! config order); names lower-case, uncompressed wire format; every owner
-//! name of a zone is a node, empty non-terminals and each apex included.
+//! Invariants: deterministic (the same config, health, time and compiler
+//! state give byte-identical encoded snapshots: nodes in RFC 4034 canonical
+//! order, everything else in config order); names lower-case, uncompressed
+//! wire format; every owner name of a zone is a node, empty non-terminals and
+//! each apex included.
+//!
+//! Policy decisions that depend on global state are made here (DESIGN.md,
+//! "Where each decision is made"): who is healthy, the failover order and its
+//! failback hold-down, the `when_all_down` fallback set. The [`Compiler`]
+//! keeps the little state these need across compiles; per-query picks
+//! (weighted draw, round-robin rotation) are left to the dataplane, on the
+//! candidates compiled here.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+use std::time::SystemTime;
 
 use opengslb_proto::{
     rtype, AnswerPlan, Candidate, GeoTable, Node, Policy, RRset, ServeOptions, Snapshot,
@@ -23,119 +32,259 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-/// The health hook that calls every server healthy.
-pub fn all_healthy(_: &ServerRef<'_>) -> bool {
-    true
+/// What the compiler needs to know about one server's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerHealth {
+    /// Whether it may be answered.
+    pub healthy: bool,
+    /// When it last became healthy; `None` when unknown or healthy since
+    /// before anyone looked (never held down by `failback_delay`).
+    pub healthy_since: Option<SystemTime>,
 }
 
-/// Compiles `cfg` into a snapshot of `generation`, with SOA `serial`.
-///
-/// `health` is asked about every server whose region is probed
-/// (`health_check.type` other than `none`); servers of `none` regions are
-/// always healthy. Unhealthy servers leave the candidates; when a domain has
-/// none left of a family, `when_all_down: all` (and, until health history
-/// exists, `last_healthy`) answers with every server of that family
-/// (fail open) while `servfail` leaves the plan without candidates.
-pub fn compile(
-    cfg: &Config,
-    generation: u64,
-    serial: u32,
-    health: &dyn Fn(&ServerRef<'_>) -> bool,
-) -> Snapshot {
-    let default_ttl = cfg.dns.default_ttl;
-    let zones = cfg
-        .dns
-        .zones
-        .iter()
-        .map(|z| {
-            let soa = z.soa(default_ttl);
-            Zone {
-                apex: z.name.to_wire(),
-                soa: Some(RRset {
-                    rtype: rtype::SOA,
-                    ttl: soa.ttl,
-                    rdata: vec![wire::soa(&soa, serial)],
-                    rrsig: Vec::new(),
-                }),
-                ns: Some(RRset {
-                    rtype: rtype::NS,
-                    ttl: soa.ttl,
-                    rdata: z.ns_names().iter().map(wire::name).collect(),
-                    rrsig: Vec::new(),
-                }),
-                dnskey: None,
-                negative_ttl: soa.ttl.min(soa.minimum),
-            }
-        })
-        .collect();
-
-    let mut nodes = Nodes::default();
-    for (zi, z) in cfg.dns.zones.iter().enumerate() {
-        nodes.entry(&z.name, zi);
-        for rec in &z.records {
-            // Validation guarantees the value parses and the zone is `zi`.
-            let Ok(data) = rec.rtype.parse_value(&rec.value) else {
-                continue;
-            };
-            let ttl = rec.ttl.unwrap_or(default_ttl);
-            let rdata = wire::rdata(&data);
-            let node = nodes.entry(&rec.name, zi);
-            let set = node
-                .rrsets
-                .entry(rec.rtype.code())
-                .or_insert_with(|| RRset {
-                    rtype: rec.rtype.code(),
-                    ttl,
-                    rdata: Vec::new(),
-                    rrsig: Vec::new(),
-                });
-            set.ttl = set.ttl.min(ttl);
-            if !set.rdata.contains(&rdata) {
-                set.rdata.push(rdata);
-            }
-        }
-    }
-    for domain in &cfg.domains {
-        let Some(zi) = cfg.zone_of(&domain.name) else {
-            continue;
-        };
-        let plans = plans(cfg, domain, health);
-        nodes.entry(&domain.name, zi).plans.extend(plans);
-    }
-    nodes.add_empty_non_terminals(cfg);
-
-    Snapshot {
-        generation,
-        origin: cfg.overwatch.identity.node_id.clone(),
-        zones,
-        nodes: nodes.finish(),
-        geo: Some(GeoTable {
-            generation: 1,
-            regions: cfg.regions.iter().map(|r| r.name.clone()).collect(),
-            v4: Vec::new(),
-            v6: Vec::new(),
-        }),
-        options: Some(ServeOptions {
-            edns_udp_size: u32::from(cfg.dataplane.edns_udp_size),
-            ecs_enabled: cfg.overwatch.geolocation.ecs_enabled,
-        }),
-    }
+/// The health hook of the compiler. It is asked only about servers of
+/// probed regions (`health_check.type` other than `none`).
+pub trait HealthView {
+    /// Health of `server`.
+    fn health(&self, server: &ServerRef<'_>) -> ServerHealth;
 }
+
+/// The health view that calls every server healthy (since forever).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllHealthy;
+
+/// The compiler, with the state it keeps across compiles: per domain and
+/// address family, the last healthy set (`when_all_down: last_healthy`) and
+/// the failover servers past their failback hold-down.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    /// Keyed by (domain, record type).
+    memory: BTreeMap<(DnsName, u32), FamilyMemory>,
+}
+
+/// The output of one compile.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The snapshot to publish.
+    pub snapshot: Snapshot,
+    /// When a failback hold-down expires: the caller recompiles then.
+    pub recompile_at: Option<SystemTime>,
+    /// Domains whose `when_all_down` fallback is in effect in this compile,
+    /// with the mode (`"servfail"`, `"all"` or `"last_healthy"`), once per
+    /// domain, in config order.
+    pub all_down: Vec<(String, &'static str)>,
+}
+
+/// What the compiler remembers of one domain's family.
+#[derive(Debug, Default)]
+struct FamilyMemory {
+    /// Addresses of the last non-empty healthy set.
+    last_healthy: Vec<IpAddr>,
+    /// Failover: servers that were past their hold-down (or served) in the
+    /// last compile, with the `healthy_since` they had then. A server keeps
+    /// this status while it stays healthy with the same `healthy_since`.
+    settled: Vec<Settled>,
+}
+
+/// A failover server past its hold-down, with the `healthy_since` it had.
+type Settled = (IpAddr, Option<SystemTime>);
 
 /// One server as a domain sees it.
 struct Member {
     address: IpAddr,
     weight: u32,
     region: u32,
-    healthy: bool,
+    health: ServerHealth,
 }
 
-/// The A and AAAA plans of `domain`.
-fn plans(
-    cfg: &Config,
-    domain: &DomainConfig,
-    health: &dyn Fn(&ServerRef<'_>) -> bool,
-) -> Vec<AnswerPlan> {
+/// One plan compiled, and what the caller must learn of it.
+struct PlanOutcome {
+    plan: AnswerPlan,
+    /// The `when_all_down` fallback is in effect.
+    all_down: bool,
+    recompile_at: Option<SystemTime>,
+}
+
+// === impl ServerHealth ===
+
+impl ServerHealth {
+    /// Healthy since before anyone looked.
+    pub const UP: Self = Self {
+        healthy: true,
+        healthy_since: None,
+    };
+
+    /// Unhealthy.
+    pub const DOWN: Self = Self {
+        healthy: false,
+        healthy_since: None,
+    };
+}
+
+// === impl AllHealthy ===
+
+impl HealthView for AllHealthy {
+    fn health(&self, _: &ServerRef<'_>) -> ServerHealth {
+        ServerHealth::UP
+    }
+}
+
+impl<F: Fn(&ServerRef<'_>) -> ServerHealth> HealthView for F {
+    fn health(&self, server: &ServerRef<'_>) -> ServerHealth {
+        self(server)
+    }
+}
+
+// === impl Compiler ===
+
+impl Compiler {
+    /// A compiler with no memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Compiles `cfg` into a snapshot of `generation`, with SOA `serial`.
+    ///
+    /// `health` is asked about every server whose region is probed; servers
+    /// of `none` regions are always healthy. `now` is compared with
+    /// `healthy_since` for the failover hold-down. Per domain and family:
+    ///
+    /// - unhealthy servers leave the candidates (and, for `weighted`,
+    ///   servers of weight 0, which are never answered);
+    /// - `failover` candidates are in config order (the domain's regions in
+    ///   its order, servers in region order), except that a server that
+    ///   became healthy less than `failback_delay` ago moves behind the
+    ///   servers already serving, until its hold-down ends
+    ///   ([`Compiled::recompile_at`]);
+    /// - when none is left, `when_all_down` decides: `servfail` leaves the
+    ///   plan without candidates, `all` sends every configured server,
+    ///   `last_healthy` the last set that was healthy (every server when
+    ///   none ever was).
+    pub fn compile(
+        &mut self,
+        cfg: &Config,
+        generation: u64,
+        serial: u32,
+        health: &dyn HealthView,
+        now: SystemTime,
+    ) -> Compiled {
+        let default_ttl = cfg.dns.default_ttl;
+        let zones = cfg
+            .dns
+            .zones
+            .iter()
+            .map(|z| {
+                let soa = z.soa(default_ttl);
+                Zone {
+                    apex: z.name.to_wire(),
+                    soa: Some(RRset {
+                        rtype: rtype::SOA,
+                        ttl: soa.ttl,
+                        rdata: vec![wire::soa(&soa, serial)],
+                        rrsig: Vec::new(),
+                    }),
+                    ns: Some(RRset {
+                        rtype: rtype::NS,
+                        ttl: soa.ttl,
+                        rdata: z.ns_names().iter().map(wire::name).collect(),
+                        rrsig: Vec::new(),
+                    }),
+                    dnskey: None,
+                    negative_ttl: soa.ttl.min(soa.minimum),
+                }
+            })
+            .collect();
+
+        let mut nodes = Nodes::default();
+        for (zi, z) in cfg.dns.zones.iter().enumerate() {
+            nodes.entry(&z.name, zi);
+            for rec in &z.records {
+                // Validation guarantees the value parses and the zone is `zi`.
+                let Ok(data) = rec.rtype.parse_value(&rec.value) else {
+                    continue;
+                };
+                let ttl = rec.ttl.unwrap_or(default_ttl);
+                let rdata = wire::rdata(&data);
+                let node = nodes.entry(&rec.name, zi);
+                let set = node
+                    .rrsets
+                    .entry(rec.rtype.code())
+                    .or_insert_with(|| RRset {
+                        rtype: rec.rtype.code(),
+                        ttl,
+                        rdata: Vec::new(),
+                        rrsig: Vec::new(),
+                    });
+                set.ttl = set.ttl.min(ttl);
+                if !set.rdata.contains(&rdata) {
+                    set.rdata.push(rdata);
+                }
+            }
+        }
+
+        let mut recompile_at: Option<SystemTime> = None;
+        let mut all_down = Vec::new();
+        let mut live = HashSet::new();
+        for domain in &cfg.domains {
+            let Some(zi) = cfg.zone_of(&domain.name) else {
+                continue;
+            };
+            let members = members(cfg, domain, health);
+            let mut down = false;
+            for (code, v4) in [(rtype::A, true), (rtype::AAAA, false)] {
+                let family: Vec<&Member> = members
+                    .iter()
+                    .filter(|m| m.address.is_ipv4() == v4)
+                    .collect();
+                if family.is_empty() {
+                    continue;
+                }
+                let key = (domain.name.clone(), code);
+                let memory = self.memory.get(&key);
+                let (out, next) = plan(cfg, domain, code, &family, memory, now);
+                self.memory.insert(key.clone(), next);
+                live.insert(key);
+                down |= out.all_down;
+                recompile_at = earliest(recompile_at, out.recompile_at);
+                nodes.entry(&domain.name, zi).plans.push(out.plan);
+            }
+            if down {
+                all_down.push((domain.name.to_string(), mode_label(domain.when_all_down)));
+            }
+        }
+        // Forget domains and families that left the config.
+        self.memory.retain(|k, _| live.contains(k));
+        nodes.add_empty_non_terminals(cfg);
+
+        let snapshot = Snapshot {
+            generation,
+            origin: cfg.overwatch.identity.node_id.clone(),
+            zones,
+            nodes: nodes.finish(),
+            geo: Some(GeoTable {
+                generation: 1,
+                regions: cfg.regions.iter().map(|r| r.name.clone()).collect(),
+                v4: Vec::new(),
+                v6: Vec::new(),
+            }),
+            options: Some(ServeOptions {
+                edns_udp_size: u32::from(cfg.dataplane.edns_udp_size),
+                ecs_enabled: cfg.overwatch.geolocation.ecs_enabled,
+            }),
+        };
+        Compiled {
+            snapshot,
+            recompile_at,
+            all_down,
+        }
+    }
+}
+
+// === functions ===
+
+/// The servers of `domain`, in config order (its regions in its order,
+/// servers in region order), deduplicated by address, with their health.
+fn members(cfg: &Config, domain: &DomainConfig, health: &dyn HealthView) -> Vec<Member> {
     let mut seen = HashSet::new();
     let mut members = Vec::new();
     for region_name in &domain.regions {
@@ -148,25 +297,40 @@ fn plans(
             if !server.serves(&domain.name) || !seen.insert(server.address) {
                 continue;
             }
-            let healthy = always
-                || health(&ServerRef {
+            let health = if always {
+                ServerHealth::UP
+            } else {
+                health.health(&ServerRef {
                     region_index: ri,
                     region: &region.name,
                     server_index: si,
                     address: server.address,
                     port: server.port,
-                });
+                })
+            };
             members.push(Member {
                 address: server.address,
                 weight: server.weight,
                 region: u32::try_from(ri).unwrap_or(u32::MAX),
-                healthy,
+                health,
             });
         }
     }
+    members
+}
 
-    let round_robin = domain.routing_algorithm == RoutingAlgorithm::RoundRobin;
-    let policy = match domain.routing_algorithm {
+/// The plan of `domain` for record type `code` over `family` (its servers of
+/// that address family, in config order), and what to remember of it.
+fn plan(
+    cfg: &Config,
+    domain: &DomainConfig,
+    code: u32,
+    family: &[&Member],
+    memory: Option<&FamilyMemory>,
+    now: SystemTime,
+) -> (PlanOutcome, FamilyMemory) {
+    let algorithm = domain.routing_algorithm;
+    let policy = match algorithm {
         RoutingAlgorithm::RoundRobin => Policy::RoundRobin,
         RoutingAlgorithm::Weighted => Policy::Weighted,
         RoutingAlgorithm::Failover => Policy::Failover,
@@ -175,65 +339,174 @@ fn plans(
     };
     let when_all_down = match domain.when_all_down {
         WhenAllDownConfig::Servfail => WhenAllDown::Servfail,
-        WhenAllDownConfig::All | WhenAllDownConfig::LastHealthy => WhenAllDown::All,
+        WhenAllDownConfig::All => WhenAllDown::All,
+        WhenAllDownConfig::LastHealthy => WhenAllDown::LastHealthy,
     };
     let ttl = domain.ttl.unwrap_or(cfg.dns.default_ttl);
+    let round_robin = algorithm == RoutingAlgorithm::RoundRobin;
     let max_answers = domain
         .max_answers
         .unwrap_or(if round_robin { 0 } else { 1 });
+    // A weighted server of weight 0 is never answered: it counts as absent.
+    let servable = |m: &&&Member| algorithm != RoutingAlgorithm::Weighted || m.weight > 0;
 
-    let mut out = Vec::new();
-    for (code, v4) in [(rtype::A, true), (rtype::AAAA, false)] {
-        let family: Vec<&Member> = members
-            .iter()
-            .filter(|m| m.address.is_ipv4() == v4)
-            .collect();
-        if family.is_empty() {
-            continue;
-        }
-        let mut chosen: Vec<&Member> = family.iter().copied().filter(|m| m.healthy).collect();
-        if chosen.is_empty() && when_all_down == WhenAllDown::All {
-            chosen = family;
-        }
-        let rdata = |m: &Member| match m.address {
-            IpAddr::V4(a) => wire::a(a),
-            IpAddr::V6(a) => wire::aaaa(a),
-        };
-        let rrset = |rdata: Vec<Vec<u8>>| RRset {
-            rtype: code,
-            ttl,
-            rdata,
-            rrsig: Vec::new(),
-        };
-        let candidates = if round_robin {
-            if chosen.is_empty() {
-                Vec::new()
-            } else {
-                vec![Candidate {
-                    rrset: Some(rrset(chosen.iter().map(|m| rdata(m)).collect())),
-                    weight: 1,
-                    region: 0,
-                }]
-            }
+    let healthy: Vec<&Member> = family
+        .iter()
+        .filter(servable)
+        .filter(|m| m.health.healthy)
+        .copied()
+        .collect();
+    let mut next = FamilyMemory {
+        last_healthy: match memory {
+            Some(m) if healthy.is_empty() => m.last_healthy.clone(),
+            _ => healthy.iter().map(|m| m.address).collect(),
+        },
+        settled: Vec::new(),
+    };
+    let mut recompile_at = None;
+
+    let all_down = healthy.is_empty();
+    let chosen: Vec<&Member> = if !all_down {
+        if algorithm == RoutingAlgorithm::Failover {
+            let (order, settled, until) = failover_order(
+                &healthy,
+                memory,
+                domain.failback_delay.get(),
+                max_answers,
+                now,
+            );
+            next.settled = settled;
+            recompile_at = until;
+            order
         } else {
-            chosen
-                .iter()
-                .map(|m| Candidate {
-                    rrset: Some(rrset(vec![rdata(m)])),
-                    weight: m.weight,
-                    region: m.region,
-                })
-                .collect()
-        };
-        out.push(AnswerPlan {
+            healthy
+        }
+    } else {
+        let every = || family.iter().filter(servable).copied().collect::<Vec<_>>();
+        match domain.when_all_down {
+            WhenAllDownConfig::Servfail => Vec::new(),
+            WhenAllDownConfig::All => every(),
+            WhenAllDownConfig::LastHealthy => {
+                let last = memory.map_or(&[][..], |m| m.last_healthy.as_slice());
+                let set: Vec<&Member> = family
+                    .iter()
+                    .filter(servable)
+                    .filter(|m| last.contains(&m.address))
+                    .copied()
+                    .collect();
+                if set.is_empty() {
+                    every()
+                } else {
+                    set
+                }
+            }
+        }
+    };
+
+    let rdata = |m: &Member| match m.address {
+        IpAddr::V4(a) => wire::a(a),
+        IpAddr::V6(a) => wire::aaaa(a),
+    };
+    let rrset = |rdata: Vec<Vec<u8>>| RRset {
+        rtype: code,
+        ttl,
+        rdata,
+        rrsig: Vec::new(),
+    };
+    let candidates = if round_robin {
+        if chosen.is_empty() {
+            Vec::new()
+        } else {
+            vec![Candidate {
+                rrset: Some(rrset(chosen.iter().map(|m| rdata(m)).collect())),
+                weight: 1,
+                region: 0,
+            }]
+        }
+    } else {
+        chosen
+            .iter()
+            .map(|m| Candidate {
+                rrset: Some(rrset(vec![rdata(m)])),
+                weight: m.weight,
+                region: m.region,
+            })
+            .collect()
+    };
+    let outcome = PlanOutcome {
+        plan: AnswerPlan {
             rtype: code,
             policy: policy.into(),
             max_answers,
             candidates,
             when_all_down: when_all_down.into(),
-        });
+        },
+        all_down,
+        recompile_at,
+    };
+    (outcome, next)
+}
+
+/// Failover order over the healthy servers (config order): servers past
+/// their hold-down first, then those still held, each group in config order.
+///
+/// A server is past its hold-down ("settled") when `delay` is zero, when the
+/// compiler has no memory of this family (start-up, a new domain: nothing to
+/// fail back from), when its `healthy_since` is unknown or at least `delay`
+/// ago, or when it was settled in the last compile with the same
+/// `healthy_since` (it stayed healthy since). Servers answered in this
+/// compile (the first `max_answers`) become settled too, so the hold-down
+/// only ever delays a return, never displaces the server that is serving.
+///
+/// Returns the order, the settled set to remember, and the earliest end of a
+/// hold-down still running.
+fn failover_order<'m>(
+    healthy: &[&'m Member],
+    memory: Option<&FamilyMemory>,
+    delay: std::time::Duration,
+    max_answers: u32,
+    now: SystemTime,
+) -> (Vec<&'m Member>, Vec<Settled>, Option<SystemTime>) {
+    let hold_ends = |m: &Member| m.health.healthy_since.and_then(|t| t.checked_add(delay));
+    let settled = |m: &Member| {
+        let Some(mem) = memory else { return true };
+        delay.is_zero()
+            || hold_ends(m).is_none_or(|end| now >= end)
+            || mem.settled.contains(&(m.address, m.health.healthy_since))
+    };
+    let (mut order, held): (Vec<&Member>, Vec<&Member>) =
+        healthy.iter().copied().partition(|m| settled(m));
+    order.extend(held);
+    let answered = match max_answers {
+        0 => order.len(),
+        k => order.len().min(k as usize),
+    };
+    let mut remember = Vec::new();
+    let mut until = None;
+    for (i, m) in order.iter().enumerate() {
+        if i < answered || settled(m) {
+            remember.push((m.address, m.health.healthy_since));
+        } else {
+            until = earliest(until, hold_ends(m));
+        }
     }
-    out
+    (order, remember, until)
+}
+
+fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The metric label of a `when_all_down` mode.
+fn mode_label(mode: WhenAllDownConfig) -> &'static str {
+    match mode {
+        WhenAllDownConfig::Servfail => "servfail",
+        WhenAllDownConfig::All => "all",
+        WhenAllDownConfig::LastHealthy => "last_healthy",
+    }
 }
 
 #[derive(Default)]

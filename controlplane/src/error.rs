@@ -10,6 +10,12 @@ pub enum Error {
     /// The store failed.
     #[error("store: {0}")]
     Store(String),
+    /// Health checking could not be set up.
+    #[error("health checks: {0}")]
+    Health(#[from] opengslb_health::Error),
+    /// The metrics registry could not be set up.
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// A listener could not be started.
     #[error("listen on {addr}: {message}")]
     Listen {

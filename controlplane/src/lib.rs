@@ -9,6 +9,8 @@
 pub mod compile;
 pub mod config;
 pub mod error;
+pub mod health;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -1,19 +1,28 @@
 //! Start-up and lifetime of a controlplane process.
 //!
-//! Order: store (migrations) → compile the first snapshot → gRPC listener
-//! (`SnapshotService`) → serve; SIGHUP reloads the config file and publishes
-//! a new snapshot when it is valid (an invalid file is logged and the running
-//! config kept); SIGINT/SIGTERM stop.
+//! Order: store (migrations) → metrics and gRPC listeners bound → the first
+//! health round (every probed server checked once, bounded by its timeout)
+//! → compile the first snapshot → serve `SnapshotService` and `/metrics`.
+//! Every health decision change recompiles and publishes at once; SIGHUP
+//! reloads the config file and publishes a new snapshot when it is valid
+//! (an invalid file is logged and the running config kept); SIGINT/SIGTERM
+//! stop.
 
-use std::{path::PathBuf, sync::Arc, time::SystemTime};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use opengslb_proto::snapshot_service_server::SnapshotServiceServer;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::{
     compile,
     config::{self, Config},
     error::{Error, Result},
+    health::Health,
+    metrics::{self, Metrics},
     store::Store,
     stream::SnapshotStream,
 };
@@ -69,23 +78,77 @@ pub struct State {
     pub stream: SnapshotStream,
     /// The store.
     pub store: Store,
-    versions: Mutex<Versions>,
+    /// Health checking (external validation).
+    pub health: Health,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Held for every compile + publish, so snapshots go out in generation
+    /// order and always from the config in force.
+    publisher: Mutex<Publisher>,
+    /// When the compiler asked to be run again (a failback hold-down ends).
+    recompile_at: watch::Sender<Option<SystemTime>>,
+}
+
+/// What one compile + publish needs exclusively.
+#[derive(Debug)]
+struct Publisher {
+    versions: Versions,
+    /// The snapshot compiler and its memory across compiles.
+    compiler: compile::Compiler,
 }
 
 // === impl State ===
 
 impl State {
-    /// Compiles `cfg` with the next generation and serial and persists the serial.
-    async fn compile(&self, cfg: &Config) -> Result<opengslb_proto::Snapshot> {
-        let (generation, serial) = self.versions.lock().await.advance();
+    /// Compiles the config in force (first replaced by `next` when given)
+    /// with the health of now, the next generation and serial; persists the
+    /// serial and publishes. Returns the generation.
+    async fn publish(&self, next: Option<Arc<Config>>) -> Result<u64> {
+        let mut p = self.publisher.lock().await;
+        let (generation, serial) = p.versions.advance();
         self.store
             .set_meta("soa_serial", &serial.to_string())
             .await?;
-        // Every server counts as healthy until health checking lands.
-        Ok(compile::compile(cfg, generation, serial, &|_| true))
+        let cfg = {
+            let mut current = self.config.lock().await;
+            if let Some(next) = next {
+                *current = next;
+            }
+            current.clone()
+        };
+        let view = self.health.view(&cfg);
+        let compiled = p
+            .compiler
+            .compile(&cfg, generation, serial, &view, SystemTime::now());
+        self.stream.publish(compiled.snapshot);
+        self.metrics
+            .compiled(&view.healthy_per_region, &compiled.all_down, generation);
+        let at = compiled.recompile_at;
+        self.recompile_at.send_if_modified(|cur| {
+            let changed = *cur != at;
+            *cur = at;
+            changed
+        });
+        Ok(generation)
     }
 
-    /// Reloads the config file; on success publishes a new snapshot.
+    /// Recompiles and publishes the config in force (a health decision
+    /// changed, or a hold-down ended).
+    pub async fn recompile(&self, reason: &'static str) -> Result<u64> {
+        let started = tokio::time::Instant::now();
+        let generation = self.publish(None).await?;
+        tracing::debug!(
+            generation,
+            reason,
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "snapshot recompiled and published"
+        );
+        Ok(generation)
+    }
+
+    /// Reloads the config file; on success publishes a new snapshot. Servers
+    /// it adds are checked once (bounded by their timeout) before they are
+    /// served; unchanged checks keep their state.
     pub async fn reload(&self, actor: &str) -> Result<u64> {
         let cfg = match config::load(&self.config_path) {
             Ok(c) => c,
@@ -94,18 +157,21 @@ impl State {
                 return Err(e.into());
             }
         };
-        let snapshot = self.compile(&cfg).await?;
-        let generation = snapshot.generation;
+        let added = self.health.add(&cfg);
+        self.health.settle(&added).await;
         {
             let old = self.config.lock().await;
             if old.dns.listen_address != cfg.dns.listen_address
                 || old.overwatch.grpc_address != cfg.overwatch.grpc_address
+                || old.metrics.address != cfg.metrics.address
+                || old.metrics.enabled != cfg.metrics.enabled
             {
                 tracing::warn!("listen addresses changed; they take effect after a restart");
             }
         }
-        *self.config.lock().await = Arc::new(cfg);
-        self.stream.publish(snapshot);
+        let cfg = Arc::new(cfg);
+        let generation = self.publish(Some(cfg.clone())).await?;
+        self.health.retain(&cfg);
         self.store
             .audit(
                 actor,
@@ -114,7 +180,11 @@ impl State {
                 &format!("{{\"generation\":{generation}}}"),
             )
             .await?;
-        tracing::info!(generation, "config reloaded, snapshot published");
+        tracing::info!(
+            generation,
+            new_targets = added.len(),
+            "config reloaded, snapshot published"
+        );
         Ok(generation)
     }
 }
@@ -131,6 +201,10 @@ pub fn store_url(cfg: &Config) -> String {
 }
 
 /// Runs the controlplane until a termination signal.
+///
+/// Start-up truth: every probed server is checked once (bounded by its
+/// timeout) before the first snapshot is compiled; the gRPC listener is
+/// bound first, so early dataplanes wait in its backlog instead of failing.
 pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     let store = Store::open(&store_url(&cfg)).await?;
     let last_serial = store
@@ -138,32 +212,64 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         .await?
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let mut versions = Versions::new(last_serial);
-    let (generation, serial) = versions.advance();
-    store.set_meta("soa_serial", &serial.to_string()).await?;
-    let first = compile::compile(&cfg, generation, serial, &|_| true);
-    tracing::info!(
-        generation,
-        serial,
-        zones = first.zones.len(),
-        nodes = first.nodes.len(),
-        "first snapshot compiled"
-    );
+    let metrics = Arc::new(Metrics::new()?);
+    let metrics_listener = if cfg.metrics.enabled {
+        Some(metrics::bind(cfg.metrics.address).await?)
+    } else {
+        None
+    };
     let grpc_addr = cfg.overwatch.grpc_address;
-    let state = Arc::new(State {
-        config_path,
-        config: Mutex::new(Arc::new(cfg)),
-        stream: SnapshotStream::new(first),
-        store,
-        versions: Mutex::new(versions),
-    });
-
     let listener = tokio::net::TcpListener::bind(grpc_addr)
         .await
         .map_err(|e| Error::Listen {
             addr: grpc_addr,
             message: e.to_string(),
         })?;
+
+    let health = Health::new(metrics.clone())?;
+    let round = tokio::time::Instant::now();
+    let first_round = health.add(&cfg);
+    health.settle(&first_round).await;
+    tracing::info!(
+        targets = first_round.len(),
+        elapsed_ms = u64::try_from(round.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "first health round done"
+    );
+
+    let mut publisher = Publisher {
+        versions: Versions::new(last_serial),
+        compiler: compile::Compiler::new(),
+    };
+    let (generation, serial) = publisher.versions.advance();
+    store.set_meta("soa_serial", &serial.to_string()).await?;
+    let view = health.view(&cfg);
+    let first = publisher
+        .compiler
+        .compile(&cfg, generation, serial, &view, SystemTime::now());
+    metrics.compiled(&view.healthy_per_region, &first.all_down, generation);
+    tracing::info!(
+        generation,
+        serial,
+        zones = first.snapshot.zones.len(),
+        nodes = first.snapshot.nodes.len(),
+        "first snapshot compiled"
+    );
+    let state = Arc::new(State {
+        config_path,
+        config: Mutex::new(Arc::new(cfg)),
+        stream: SnapshotStream::new(first.snapshot),
+        store,
+        health,
+        metrics: metrics.clone(),
+        publisher: Mutex::new(publisher),
+        recompile_at: watch::Sender::new(first.recompile_at),
+    });
+    let recompiler = tokio::spawn(recompile_loop(state.clone()));
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "metrics listening");
+        tokio::spawn(metrics::serve(l, metrics, state.stream.clone()))
+    });
+
     tracing::info!(addr = %grpc_addr, "snapshot stream listening");
     let service =
         SnapshotServiceServer::new(state.stream.clone()).max_encoding_message_size(MAX_MESSAGE);
@@ -174,12 +280,46 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             wait_for_stop(state.clone()),
         );
-    server.await.map_err(|e| Error::Listen {
+    let served = server.await.map_err(|e| Error::Listen {
         addr: grpc_addr,
         message: e.to_string(),
-    })?;
+    });
+    recompiler.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
+    served?;
     tracing::info!("controlplane stopped");
     Ok(())
+}
+
+/// Recompiles at once on every health decision change, and when a
+/// failback hold-down ends.
+async fn recompile_loop(state: Arc<State>) {
+    let mut at = state.recompile_at.subscribe();
+    loop {
+        let when = *at.borrow_and_update();
+        let timer = async move {
+            match when {
+                Some(t) => {
+                    let wait = t.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let reason = tokio::select! {
+            () = state.health.changed() => "health",
+            () = timer => "failback",
+            Ok(()) = at.changed() => continue,
+        };
+        if let Err(e) = state.recompile(reason).await {
+            tracing::error!(error = %e, reason, "recompile failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Make sure the retry happens even without another change.
+            state.recompile_at.send_replace(Some(SystemTime::now()));
+        }
+    }
 }
 
 /// Resolves on SIGINT/SIGTERM; reloads on SIGHUP meanwhile.

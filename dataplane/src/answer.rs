@@ -21,17 +21,33 @@
 //!    (at most [`MAX_CNAME_CHAIN`] hops, never twice to one node), or gives
 //!    NODATA with the SOA. Owners are compression pointers: to the question
 //!    (offset 12), to a suffix of it, or to a CNAME target written earlier.
+//!    A plan answers by its policy on the controlplane's candidates:
+//!    round-robin rotates its one candidate's records; weighted draws
+//!    `max_answers` distinct candidates by weight with the worker's
+//!    generator; failover takes the first `max_answers` (already ordered and
+//!    filtered). Each answered plan counts one routing decision on the
+//!    worker's stripe. A plan with nothing to answer is SERVFAIL under
+//!    `when_all_down: servfail`, else NODATA (the fallback sets of the other
+//!    modes arrive as candidates, so they are empty only when no server is).
 //! 6. If any record does not fit the size limit (512 without EDNS, the
 //!    negotiated EDNS size, 65535 over TCP), the reply is cut back to the
 //!    prefix of step 4 with TC=1: never a partial RRset.
 //! 7. OPT is appended when the query had one (room for it is reserved in
 //!    step 6), then the header counts and flags are patched in.
 
+use std::{
+    hash::{BuildHasher, Hasher},
+    sync::atomic::{AtomicUsize, Ordering::Relaxed},
+};
+
 use opengslb_proto::{Policy, WhenAllDown};
 
+use crate::select::{self, Picks, Rng, MAX_PICKS};
 use crate::snapshot::{Candidate, Node, Plan, RRset, Records, Snapshot, Zone};
 use crate::wire::{self, flags, rtype, Edns, Header, Question, HEADER_LEN};
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -69,11 +85,16 @@ pub enum Transport {
     Tcp,
 }
 
-/// Per-worker mutable state. One per worker thread, never shared.
-#[derive(Clone, Debug, Default)]
+/// Per-worker mutable state. One per worker thread (or TCP connection),
+/// never shared.
+#[derive(Clone, Debug)]
 pub struct WorkerState {
     /// Round-robin rotation: advanced once per answered plan.
     rotation: u64,
+    /// Weighted draws.
+    rng: Rng,
+    /// Which stripe of the decision counters this worker writes.
+    stripe: usize,
 }
 
 /// The writer ran out of room (the reply will be truncated).
@@ -125,12 +146,38 @@ enum Data<'s> {
     Static(&'s RRset),
 }
 
+/// Creation index of the next [`WorkerState`]: spreads workers over the
+/// decision-counter stripes.
+static NEXT_WORKER: AtomicUsize = AtomicUsize::new(0);
+
 // === impl WorkerState ===
 
 impl WorkerState {
-    /// Fresh state.
+    /// Fresh state, with a generator seeded from the process' random hash
+    /// keys and the worker's creation index (distinct per worker).
     pub fn new() -> Self {
-        Self::default()
+        let index = NEXT_WORKER.fetch_add(1, Relaxed);
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(index);
+        Self {
+            rotation: 0,
+            rng: Rng::new(h.finish()),
+            stripe: index,
+        }
+    }
+
+    /// Fresh state with a fixed generator seed (tests and benchmarks).
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            rng: Rng::new(seed),
+            ..Self::new()
+        }
+    }
+}
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -292,21 +339,26 @@ fn resolve(
                 Data::Static(rrset) => r
                     .put_rrset(cur, rrset, 0, rrset.records.len(), dnssec_ok)
                     .map(drop),
-                Data::Plan(plan) => match (pick(plan), plan.when_all_down) {
-                    (Some(c), _) => r.put_candidate(plan, c, cur, dnssec_ok, state),
-                    // Fail open: the controlplane sends every backend as the
-                    // candidate, so an empty plan here means no data.
-                    (None, WhenAllDown::All) => match snap.zone(node.zone) {
-                        Some(zone) => r.put_negative_soa(zone, cur, dnssec_ok),
-                        None => Ok(()),
-                    },
-                    (None, WhenAllDown::Unspecified | WhenAllDown::Servfail) => {
-                        r.truncate(r.question_end);
-                        r.aa = false;
-                        r.rcode = rcode::SERVFAIL;
-                        Ok(())
+                Data::Plan(plan) => {
+                    if r.put_plan(plan, cur, dnssec_ok, state)? {
+                        snap.count_decision(plan, state.stripe);
+                        return Ok(());
                     }
-                },
+                    match plan.when_all_down {
+                        // Fail open: the controlplane sends the fallback set
+                        // as candidates, so an empty plan here means no data.
+                        WhenAllDown::All | WhenAllDown::LastHealthy => match snap.zone(node.zone) {
+                            Some(zone) => r.put_negative_soa(zone, cur, dnssec_ok),
+                            None => Ok(()),
+                        },
+                        WhenAllDown::Unspecified | WhenAllDown::Servfail => {
+                            r.truncate(r.question_end);
+                            r.aa = false;
+                            r.rcode = rcode::SERVFAIL;
+                            Ok(())
+                        }
+                    }
+                }
             };
         }
         let (Some(target), false) = (&node.cname_target, q.qtype == rtype::CNAME) else {
@@ -362,7 +414,7 @@ fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
             .find(|p| p.rtype == rtype::A)
             .or_else(|| node.plans.first());
         return match plan {
-            Some(p) if pick(p).is_some() => Some(Data::Plan(p)),
+            Some(p) if p.is_servable() => Some(Data::Plan(p)),
             _ => node.rrsets.first().map(Data::Static),
         };
     }
@@ -375,21 +427,13 @@ fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
         .map(Data::Static)
 }
 
-/// The candidate a plan answers with, `None` when none is healthy.
-///
-/// Round-robin has a single candidate, rotated by the caller. Weighted,
-/// failover, geolocation and latency pickers arrive with their own issues;
-/// until then the controlplane's first (best-ranked) candidate serves.
-fn pick(plan: &Plan) -> Option<&Candidate> {
-    let c = match plan.policy {
-        Policy::RoundRobin => plan.candidates.first(),
-        Policy::Unspecified
-        | Policy::Weighted
-        | Policy::Failover
-        | Policy::Geolocation
-        | Policy::Latency => plan.candidates.first(),
-    };
-    c.filter(|c| !c.rrset.records.is_empty())
+/// Candidates one answer of a weighted or failover plan carries:
+/// `max_answers` (0 = no limit), at most [`MAX_PICKS`].
+fn picks_wanted(max_answers: u32) -> usize {
+    match max_answers {
+        0 => MAX_PICKS,
+        m => (m as usize).min(MAX_PICKS),
+    }
 }
 
 // === impl Writer ===
@@ -521,7 +565,58 @@ impl<'a> Reply<'a> {
         Ok(first)
     }
 
-    /// Answers a plan's picked candidate, rotated by the worker's counter.
+    /// Answers `plan` by its policy. `Ok(false)` when it has nothing to
+    /// answer (no candidate, or none of positive weight).
+    fn put_plan(
+        &mut self,
+        plan: &Plan,
+        owner: NameAt<'_>,
+        dnssec_ok: bool,
+        state: &mut WorkerState,
+    ) -> Result<bool, Full> {
+        if !plan.is_servable() {
+            return Ok(false);
+        }
+        let picks = match plan.policy {
+            Policy::Weighted => select::weighted(
+                &plan.cumulative,
+                picks_wanted(plan.max_answers),
+                &mut state.rng,
+            ),
+            Policy::Failover => {
+                select::first(plan.candidates.len(), picks_wanted(plan.max_answers))
+            }
+            // Geolocation and latency pickers arrive with their own issues;
+            // until then the first (best-ranked) candidate serves.
+            Policy::RoundRobin | Policy::Unspecified | Policy::Geolocation | Policy::Latency => {
+                let Some(c) = plan.candidates.first() else {
+                    return Ok(false);
+                };
+                self.put_candidate(plan, c, owner, dnssec_ok, state)?;
+                return Ok(true);
+            }
+        };
+        self.put_picks(plan, &picks, owner, dnssec_ok)?;
+        Ok(!picks.is_empty())
+    }
+
+    /// Writes the records of each picked candidate, in pick order.
+    fn put_picks(
+        &mut self,
+        plan: &Plan,
+        picks: &Picks,
+        owner: NameAt<'_>,
+        dnssec_ok: bool,
+    ) -> Result<(), Full> {
+        for &i in picks.as_slice() {
+            if let Some(c) = plan.candidates.get(i as usize) {
+                self.put_rrset(owner, &c.rrset, 0, c.rrset.records.len(), dnssec_ok)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a plan's one candidate, rotated by the worker's counter.
     fn put_candidate(
         &mut self,
         plan: &Plan,

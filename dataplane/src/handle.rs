@@ -38,11 +38,15 @@ impl SnapshotHandle {
 
     /// Publishes `next`; a no-op (returns false) when it carries the
     /// generation already served, unless the served one came from the cache.
-    pub fn store(&self, next: Snapshot) -> bool {
+    /// The routing-decision counters of names that stay carry over.
+    pub fn store(&self, mut next: Snapshot) -> bool {
         let was_cache = self.from_cache.swap(false, Ordering::AcqRel);
-        if !was_cache && self.current.load().generation() == next.generation() {
+        let current = self.current.load();
+        if !was_cache && current.generation() == next.generation() {
             return false;
         }
+        next.adopt_counters(&current);
+        drop(current);
         self.current.store(Arc::new(next));
         true
     }

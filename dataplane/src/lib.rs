@@ -5,8 +5,8 @@
 //! controlplane's snapshot stream ([`client`]), validated and compiled once
 //! per snapshot into [`snapshot::Snapshot`] and published through one
 //! [`handle::SnapshotHandle`]. Queries are answered synchronously from the
-//! compiled tables ([`answer`], [`wire`]) by per-worker UDP threads ([`udp`])
-//! and tokio TCP tasks ([`tcp`]).
+//! compiled tables ([`answer`], [`select`], [`wire`]) by per-worker UDP
+//! threads ([`udp`]) and tokio TCP tasks ([`tcp`]).
 //!
 //! Invariants: it never reads YAML, never holds a private key, never waits on
 //! a controlplane to answer a query; the answer path never allocates, locks,
@@ -19,6 +19,7 @@ pub mod delta;
 pub mod error;
 pub mod handle;
 pub mod metrics;
+pub mod select;
 pub mod server;
 pub mod settings;
 pub mod snapshot;

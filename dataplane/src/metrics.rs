@@ -199,6 +199,20 @@ impl Metrics {
             "# HELP opengslb_snapshot_from_cache 1 while serving the cached snapshot.\n# TYPE opengslb_snapshot_from_cache gauge\nopengslb_snapshot_from_cache {}",
             u8::from(from_cache)
         );
+        let _ = writeln!(
+            out,
+            "# HELP opengslb_routing_decisions_total Answers given from a load-balanced name's routing policy.\n# TYPE opengslb_routing_decisions_total counter"
+        );
+        if let Some(snapshot) = handle.map(SnapshotHandle::load_full) {
+            for (domain, algorithm, n) in snapshot.routing_decisions() {
+                // Names are letters, digits, '-', '_' and '\DDD' escapes.
+                let domain = domain.replace('\\', "\\\\");
+                let _ = writeln!(
+                    out,
+                    "opengslb_routing_decisions_total{{domain=\"{domain}\",algorithm=\"{algorithm}\"}} {n}"
+                );
+            }
+        }
         out
     }
 }

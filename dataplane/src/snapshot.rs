@@ -18,6 +18,12 @@
 //! - each zone also holds its SOA re-encoded with the negative TTL
 //!   (RFC 2308 §3), ready for the authority section of NXDOMAIN/NODATA.
 //!
+//! - each plan's weights are turned into running sums once (the weighted
+//!   draw is a binary search, see [`crate::select`]), and each node with plans
+//!   owns one [`DecisionCounter`] (`opengslb_routing_decisions_total`),
+//!   carried over from the previous snapshot when it is replaced
+//!   ([`Snapshot::adopt_counters`]) so the count never restarts.
+//!
 //! Invariants the answer path may rely on: names are valid and lower-case,
 //! every node lies in the closest enclosing zone of the snapshot, a node has at
 //! most one RRset and one plan per type and never both for one type, a CNAME
@@ -25,10 +31,15 @@
 //! AAAA and each record's RDATA matches its type's length.
 
 use std::collections::HashMap;
+use std::sync::{
+    atomic::{AtomicU64, Ordering::Relaxed},
+    Arc,
+};
 
 use opengslb_proto as proto;
 use thiserror::Error;
 
+use crate::select;
 use crate::wire::{self, rtype, LabelOffsets};
 
 // === constants ===
@@ -36,6 +47,11 @@ use crate::wire::{self, rtype, LabelOffsets};
 /// UDP payload size advertised when the snapshot does not set one (the DNS
 /// flag day 2020 value).
 pub const DEFAULT_EDNS_UDP_SIZE: u16 = 1232;
+
+/// Stripes of one [`DecisionCounter`]: workers write different cache lines
+/// (a worker's stripe is its creation index modulo this), so counting a
+/// decision never contends while there are no more workers than stripes.
+pub const COUNTER_STRIPES: usize = 16;
 
 // === types ===
 
@@ -149,7 +165,26 @@ pub struct Snapshot {
     names: HashMap<Box<[u8]>, u32>,
     /// Lower-case wire apex → index into `zones`.
     apexes: HashMap<Box<[u8]>, u32>,
+    /// Routing-decision counters; `Plan::counter` indexes this.
+    decisions: Box<[Arc<DecisionCounter>]>,
 }
+
+/// `opengslb_routing_decisions_total` of one load-balanced name: answers
+/// given from its plans. Shared by the A and AAAA plans of the name and by
+/// successive snapshots while the name and its policy stay.
+#[derive(Debug)]
+pub struct DecisionCounter {
+    /// The name, presentation form without the final dot.
+    domain: Box<str>,
+    /// The policy label (`round-robin`, `weighted`, ...).
+    algorithm: &'static str,
+    stripes: [Stripe; COUNTER_STRIPES],
+}
+
+/// One cache line of a [`DecisionCounter`].
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Stripe(AtomicU64);
 
 /// One zone: its apex, and its SOA encoded for negative answers.
 #[derive(Debug)]
@@ -195,14 +230,18 @@ pub(crate) struct Plan {
     /// Records per answer; 0 = all.
     pub(crate) max_answers: u32,
     pub(crate) candidates: Box<[Candidate]>,
+    /// Running sums of the candidates' weights (weighted policy).
+    pub(crate) cumulative: Box<[u64]>,
     pub(crate) when_all_down: proto::WhenAllDown,
+    /// Index into the snapshot's decision counters.
+    pub(crate) counter: u32,
 }
 
 /// One candidate of a plan.
 #[derive(Debug)]
 pub(crate) struct Candidate {
     pub(crate) rrset: RRset,
-    /// Weighted policy: relative weight (read by the weighted picker, to come).
+    /// Weighted policy: relative weight (the picker reads `Plan::cumulative`).
     #[allow(dead_code)]
     pub(crate) weight: u32,
     /// Geolocation policy: region index (read by the geo picker, to come).
@@ -237,6 +276,42 @@ impl Snapshot {
     pub(crate) fn node(&self, name: &[u8]) -> Option<(u32, &Node)> {
         let &i = self.names.get(name)?;
         Some((i, self.nodes.get(i as usize)?))
+    }
+
+    /// Counts one answer of `plan` on the writer's `stripe`.
+    #[inline]
+    pub(crate) fn count_decision(&self, plan: &Plan, stripe: usize) {
+        if let Some(c) = self.decisions.get(plan.counter as usize) {
+            c.add(stripe);
+        }
+    }
+
+    /// `(domain, algorithm, answers)` of every load-balanced name, in
+    /// canonical name order.
+    pub fn routing_decisions(&self) -> impl Iterator<Item = (&str, &'static str, u64)> + '_ {
+        self.decisions
+            .iter()
+            .map(|c| (c.domain(), c.algorithm(), c.total()))
+    }
+
+    /// Takes over the decision counters of `prev` for every name whose
+    /// policy did not change, so the counts keep growing across snapshots
+    /// (answers still being given from `prev` land in the same counters).
+    /// Called on the update path, before `self` is published.
+    pub fn adopt_counters(&mut self, prev: &Snapshot) {
+        if prev.decisions.is_empty() {
+            return;
+        }
+        let old: HashMap<(&str, &str), &Arc<DecisionCounter>> = prev
+            .decisions
+            .iter()
+            .map(|c| ((c.domain(), c.algorithm()), c))
+            .collect();
+        for c in self.decisions.iter_mut() {
+            if let Some(&o) = old.get(&(c.domain(), c.algorithm())) {
+                *c = o.clone();
+            }
+        }
     }
 
     pub(crate) fn zone(&self, index: u32) -> Option<&Zone> {
@@ -284,6 +359,7 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             });
         }
 
+        let mut decisions = Vec::new();
         let mut nodes = Vec::with_capacity(msg.nodes.len() + zones.len());
         let mut names: HashMap<Box<[u8]>, u32> =
             HashMap::with_capacity(msg.nodes.len() + zones.len());
@@ -304,7 +380,7 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             } else {
                 None
             };
-            let node = compile_node(n, apex)?;
+            let node = compile_node(n, apex, &mut decisions)?;
             let index = u32::try_from(nodes.len())
                 .map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
             if names
@@ -325,7 +401,7 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
                 zone: i as u32,
                 ..Default::default()
             };
-            let node = compile_node(&empty, Some(z))?;
+            let node = compile_node(&empty, Some(z), &mut decisions)?;
             let index = u32::try_from(nodes.len())
                 .map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
             names.insert(z.apex.clone().into_boxed_slice(), index);
@@ -344,7 +420,59 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             nodes: nodes.into_boxed_slice(),
             names,
             apexes,
+            decisions: decisions.into_boxed_slice(),
         })
+    }
+}
+
+// === impl Plan ===
+
+impl Plan {
+    /// Whether an answer of this plan carries records: weighted needs a
+    /// candidate of positive weight, the others a first candidate with records.
+    #[inline]
+    pub(crate) fn is_servable(&self) -> bool {
+        match self.policy {
+            proto::Policy::Weighted => self.cumulative.last().is_some_and(|&t| t > 0),
+            _ => self
+                .candidates
+                .first()
+                .is_some_and(|c| !c.rrset.records.is_empty()),
+        }
+    }
+}
+
+// === impl DecisionCounter ===
+
+impl DecisionCounter {
+    fn new(domain: Box<str>, algorithm: &'static str) -> Self {
+        Self {
+            domain,
+            algorithm,
+            stripes: Default::default(),
+        }
+    }
+
+    /// The load-balanced name.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The policy label.
+    pub fn algorithm(&self) -> &'static str {
+        self.algorithm
+    }
+
+    /// Answers counted so far.
+    pub fn total(&self) -> u64 {
+        self.stripes.iter().map(|s| s.0.load(Relaxed)).sum()
+    }
+
+    #[inline]
+    fn add(&self, stripe: usize) {
+        if let Some(s) = self.stripes.get(stripe % COUNTER_STRIPES) {
+            s.0.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -463,8 +591,50 @@ fn compile_rrset(t: u16, r: &proto::RRset) -> Result<RRset, InvalidSnapshot> {
     })
 }
 
-/// Compiles a node; `apex` is its zone when the node is the zone's apex.
-fn compile_node(n: &proto::Node, apex: Option<&proto::Zone>) -> Result<Node, InvalidSnapshot> {
+/// The metric label of a policy.
+fn policy_label(p: proto::Policy) -> &'static str {
+    match p {
+        proto::Policy::RoundRobin | proto::Policy::Unspecified => "round-robin",
+        proto::Policy::Weighted => "weighted",
+        proto::Policy::Failover => "failover",
+        proto::Policy::Geolocation => "geolocation",
+        proto::Policy::Latency => "latency",
+    }
+}
+
+/// Presentation form of a valid wire name, without the final dot; octets
+/// outside letters, digits, `-` and `_` are written `\DDD` (so the label
+/// never needs more escaping than Prometheus' own).
+fn presentation(name: &[u8]) -> Box<str> {
+    let mut out = String::with_capacity(name.len());
+    let mut i = 0;
+    while let Some(&len) = name.get(i) {
+        if len == 0 {
+            break;
+        }
+        if !out.is_empty() {
+            out.push('.');
+        }
+        let label = name.get(i + 1..i + 1 + usize::from(len)).unwrap_or(&[]);
+        for &b in label {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("\\{b:03}"));
+            }
+        }
+        i += 1 + usize::from(len);
+    }
+    out.into_boxed_str()
+}
+
+/// Compiles a node; `apex` is its zone when the node is the zone's apex. A
+/// node with plans gets one new decision counter, pushed to `decisions`.
+fn compile_node(
+    n: &proto::Node,
+    apex: Option<&proto::Zone>,
+    decisions: &mut Vec<Arc<DecisionCounter>>,
+) -> Result<Node, InvalidSnapshot> {
     let mut rrsets = Vec::with_capacity(n.rrsets.len() + 3);
     if let Some(z) = apex {
         // Checked by the caller: the SOA exists.
@@ -522,14 +692,37 @@ fn compile_node(n: &proto::Node, apex: Option<&proto::Zone>) -> Result<Node, Inv
                 region: c.region,
             });
         }
+        // Unknown enum values (a newer controlplane) fall back to the defaults.
+        let policy = proto::Policy::try_from(p.policy).unwrap_or(proto::Policy::Unspecified);
+        // The A and AAAA plans of a name share its counter (the first plan's policy).
+        let counter = match plans.first() {
+            Some(first) => first.counter,
+            None => {
+                let index = u32::try_from(decisions.len())
+                    .map_err(|_| InvalidSnapshot::PlanType { rtype: p.rtype })?;
+                decisions.push(Arc::new(DecisionCounter::new(
+                    presentation(&n.name),
+                    policy_label(policy),
+                )));
+                index
+            }
+        };
         plans.push(Plan {
             rtype: t,
-            // Unknown enum values (a newer controlplane) fall back to the defaults.
-            policy: proto::Policy::try_from(p.policy).unwrap_or(proto::Policy::Unspecified),
+            policy,
             max_answers: p.max_answers,
+            // A candidate without records is never drawn.
+            cumulative: select::cumulative(candidates.iter().map(|c| {
+                if c.rrset.records.is_empty() {
+                    0
+                } else {
+                    c.weight
+                }
+            })),
             candidates: candidates.into_boxed_slice(),
             when_all_down: proto::WhenAllDown::try_from(p.when_all_down)
                 .unwrap_or(proto::WhenAllDown::Unspecified),
+            counter,
         });
     }
 
@@ -722,6 +915,24 @@ mod tests {
                 .rtype = 28),
             InvalidSnapshot::CandidateType { rtype: 28, plan: 1 }
         ));
+    }
+
+    #[test]
+    fn decision_counter_labels() {
+        assert_eq!(
+            &*presentation(&name("Www-1_x.gslb.test.")),
+            "Www-1_x.gslb.test"
+        );
+        assert_eq!(&*presentation(b"\x03a.\"\x00"), "a\\046\\034");
+        assert_eq!(&*presentation(b"\x00"), "");
+        let s = Snapshot::try_from(&fixture()).unwrap();
+        let labels: Vec<(&str, &str)> = s.routing_decisions().map(|(d, a, _)| (d, a)).collect();
+        assert!(labels.contains(&("www.gslb.test", "round-robin")));
+        assert_eq!(
+            labels.iter().filter(|(d, _)| *d == "www.gslb.test").count(),
+            1,
+            "A and AAAA plans share one counter"
+        );
     }
 
     #[test]

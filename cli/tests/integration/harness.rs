@@ -109,6 +109,7 @@ overwatch:
   identity: {node_id: cp-test}
   grpc_address: "{grpc}"
   data_dir: cp-data
+metrics: {enabled: true, address: "{cpmetrics}"}
 "#;
 
 /// A running controlplane + dataplane pair in a temporary directory.
@@ -117,6 +118,7 @@ pub struct Gslb {
     pub dns: SocketAddr,
     pub grpc: SocketAddr,
     pub dp_metrics: SocketAddr,
+    pub cp_metrics: SocketAddr,
     pub config: PathBuf,
     pub dp_json: PathBuf,
     pub cp: Option<Child>,
@@ -145,6 +147,7 @@ impl Gslb {
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dp_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let cp_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let big: String = (1..=40)
             .map(|i| format!("      - {{address: \"2001:db8:b16::{i:x}\", port: 80}}\n"))
             .collect();
@@ -152,6 +155,7 @@ impl Gslb {
             .replace("{dns}", &dns.to_string())
             .replace("{grpc}", &grpc.to_string())
             .replace("{dpmetrics}", &dp_metrics.to_string())
+            .replace("{cpmetrics}", &cp_metrics.to_string())
             .replace("{maxconn}", "16")
             .replace("{bigservers}", big.trim_end_matches('\n'));
         let text = edit(text);
@@ -175,6 +179,7 @@ impl Gslb {
             dns,
             grpc,
             dp_metrics,
+            cp_metrics,
             config,
             dp_json,
             cp: None,
@@ -283,6 +288,16 @@ impl Gslb {
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         tcp_send(&mut s, &q.to_vec().unwrap());
         Message::from_vec(&tcp_recv(&mut s).expect("tcp reply")).expect("parse tcp reply")
+    }
+
+    /// Scrapes the controlplane's metrics endpoint: the value of the series
+    /// whose line starts with `series` (name plus labels as printed).
+    pub fn cp_metric(&self, series: &str) -> Option<f64> {
+        let body = http_get(self.cp_metrics, "/metrics")?;
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     }
 
     /// Scrapes the dataplane's metrics endpoint.

@@ -7,4 +7,6 @@
 mod harness;
 
 mod authoritative;
+mod health;
 mod lifecycle;
+mod policies;

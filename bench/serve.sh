@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# serve.sh PORT THREADS ZONEFILE RUNDIR — start OpenGSLB serving ZONEFILE on
+# 127.0.0.1:PORT with THREADS UDP workers, for run-anchors.sh --target-cmd.
+#
+# The controlplane starts first, detached (it is not a child of the measured
+# process, so run-anchors' CPU and RSS columns are the dataplane's alone),
+# with a watchdog that stops it when the dataplane exits. Then this script
+# `exec`s the dataplane, which keeps this PID: the one run-anchors started,
+# measures and stops. Both inherit run-anchors' taskset.
+#
+# Environment: OPENGSLB_BIN (folder with the release binaries, default
+# <repo>/target/release), OPENGSLB_BENCH_CACHE (folder of zone fragments
+# rendered ahead by run.sh; a missing one is rendered here).
+set -euo pipefail
+[ $# -eq 4 ] || { echo "usage: $0 PORT THREADS ZONEFILE RUNDIR" >&2; exit 2; }
+PORT=$1 THREADS=$2 ZONEFILE=$3 RUN=$4
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BIN=${OPENGSLB_BIN:-$HERE/../target/release}
+CACHE=${OPENGSLB_BENCH_CACHE:-$RUN}
+mkdir -p "$RUN" "$CACHE"
+
+key=$(printf '%s' "$(readlink -f "$ZONEFILE")" | md5sum | cut -c1-12)
+frag=$CACHE/zone-$key.yaml
+if ! [ -s "$frag" ] || [ "$ZONEFILE" -nt "$frag" ]; then
+  python3 "$HERE/zone2yaml.py" "$ZONEFILE" > "$frag.tmp" && mv "$frag.tmp" "$frag"
+fi
+ln -sf "$frag" "$RUN/zone.yaml"
+
+GRPC=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$RUN/gslb.yaml" <<YAML
+includes: [zone.yaml]
+logging: {level: warn, format: text}
+dns:
+  listen_address: "127.0.0.1:$PORT"
+dataplane:
+  workers: $THREADS
+  controlplanes: ["127.0.0.1:$GRPC"]
+  cache_dir: dp-cache
+  metrics_address: null
+metrics: {enabled: false}
+api: {enabled: false}
+overwatch:
+  identity: {node_id: bench}
+  grpc_address: "127.0.0.1:$GRPC"
+  data_dir: cp-data
+YAML
+chmod 600 "$RUN/gslb.yaml"
+
+DP_PID=$$
+# Detached (double fork): reparented away from the dataplane's process tree.
+( ( "$BIN/opengslb-controlplane" --config "$RUN/gslb.yaml" < /dev/null > "$RUN/cp.log" 2>&1 &
+    cp=$!
+    echo "$cp" > "$RUN/cp.pid"
+    tail --pid="$DP_PID" -f /dev/null 2>/dev/null || true
+    kill -TERM "$cp" 2>/dev/null || true
+    wait "$cp" 2>/dev/null || true ) & )
+
+# The dataplane retries with backoff; waiting for the port keeps start-up short.
+for _ in $(seq 1 3000); do
+  [ -n "$(ss -Hltn "sport = :$GRPC" 2>/dev/null)" ] && break
+  if [ -s "$RUN/cp.pid" ] && ! kill -0 "$(cat "$RUN/cp.pid")" 2>/dev/null; then
+    echo "serve.sh: the controlplane exited:" >&2; cat "$RUN/cp.log" >&2; exit 1
+  fi
+  sleep 0.01
+done
+exec "$BIN/opengslb-dataplane" --listen "127.0.0.1:$PORT" --workers "$THREADS" \
+  --controlplane "127.0.0.1:$GRPC" --cache-dir "$RUN/dp-cache" --log-level warn --log-format text

@@ -1,0 +1,190 @@
+//! `recvmmsg`/`sendmmsg` batches for one UDP worker (Linux).
+//!
+//! A [`Batch`] owns [`BATCH`] receive slots and [`BATCH`] send slots, each
+//! 65535 octets (what one UDP datagram can hold, so nothing is ever cut),
+//! the peers' addresses, and the `iovec`/`mmsghdr` arrays the kernel reads
+//! and writes. It is built once per worker thread and reused for every
+//! batch; nothing here allocates after [`Batch::new`].
+//!
+//! One round: [`Batch::recv`] blocks (up to the socket's read timeout) until
+//! at least one datagram is queued and takes every queued one up to
+//! [`BATCH`] (`MSG_WAITFORONE`); the caller answers each slot `i` from
+//! the query into the reply buffer [`Batch::slot`] gives, and [`Batch::queue`]s the
+//! reply to slot `i`'s peer; [`Batch::send`] hands every queued reply to the
+//! kernel in one `sendmmsg` (more only if the kernel takes part of them).
+//!
+//! Safety: the kernel writes only inside the buffers this struct owns, and
+//! only during `recvmmsg`, through pointers taken from them right before the
+//! call; replies are read by `sendmmsg` through pointers taken right before
+//! that call. No pointer is kept across calls. This is the only module of
+//! the dataplane allowed `unsafe`.
+
+#![allow(unsafe_code)]
+
+use std::{io, mem, os::fd::RawFd, ptr};
+
+// === constants ===
+
+/// Datagrams per `recvmmsg`/`sendmmsg` call.
+pub(crate) const BATCH: usize = 32;
+/// Largest UDP datagram received or sent.
+const SLOT: usize = 65_535;
+/// Distance between slots: 64 KiB plus a cache line, so the first lines of
+/// the slots (where every query and reply lives) fall in different cache sets.
+const STRIDE: usize = 65_536 + 64;
+
+// === types ===
+
+/// One worker's batch buffers (see the module docs).
+pub(crate) struct Batch {
+    rx: Box<[u8]>,
+    tx: Box<[u8]>,
+    peers: Box<[libc::sockaddr_storage]>,
+    rx_iov: Box<[libc::iovec]>,
+    rx_hdr: Box<[libc::mmsghdr]>,
+    tx_iov: Box<[libc::iovec]>,
+    tx_hdr: Box<[libc::mmsghdr]>,
+    /// Datagrams in the receive slots since the last `recv`.
+    received: usize,
+    /// Replies queued for the next `send`.
+    queued: usize,
+}
+
+// === impl Batch ===
+
+impl Batch {
+    /// Allocates the slots (untouched pages cost no memory until used).
+    pub(crate) fn new() -> Self {
+        // SAFETY: these are plain C structs of integers and raw pointers, for
+        // which all-zero bytes are valid (null pointers, zero lengths).
+        let (peer, iov, hdr) = unsafe {
+            (
+                mem::zeroed::<libc::sockaddr_storage>(),
+                mem::zeroed::<libc::iovec>(),
+                mem::zeroed::<libc::mmsghdr>(),
+            )
+        };
+        Self {
+            rx: vec![0u8; BATCH * STRIDE].into_boxed_slice(),
+            tx: vec![0u8; BATCH * STRIDE].into_boxed_slice(),
+            peers: vec![peer; BATCH].into_boxed_slice(),
+            rx_iov: vec![iov; BATCH].into_boxed_slice(),
+            rx_hdr: vec![hdr; BATCH].into_boxed_slice(),
+            tx_iov: vec![iov; BATCH].into_boxed_slice(),
+            tx_hdr: vec![hdr; BATCH].into_boxed_slice(),
+            received: 0,
+            queued: 0,
+        }
+    }
+
+    /// Waits for at least one datagram and takes up to [`BATCH`] of them.
+    /// Returns how many; an error is the read timeout, EINTR or a pending
+    /// socket error (ICMP), all for the caller to retry.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.received = 0;
+        self.queued = 0;
+        let rx = self.rx.as_mut_ptr();
+        for i in 0..BATCH {
+            // SAFETY: i * STRIDE + SLOT <= BATCH * STRIDE = rx.len().
+            let base = unsafe { rx.add(i * STRIDE) };
+            self.rx_iov[i] = libc::iovec {
+                iov_base: base.cast(),
+                iov_len: SLOT,
+            };
+            let h = &mut self.rx_hdr[i].msg_hdr;
+            h.msg_name = ptr::addr_of_mut!(self.peers[i]).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = ptr::addr_of_mut!(self.rx_iov[i]);
+            h.msg_iovlen = 1;
+            h.msg_control = ptr::null_mut();
+            h.msg_controllen = 0;
+            h.msg_flags = 0;
+            self.rx_hdr[i].msg_len = 0;
+        }
+        // SAFETY: every header points into buffers owned by `self` that
+        // outlive the call: one iovec of SLOT octets inside `rx` and one
+        // sockaddr_storage with its true size; `rx_hdr` holds BATCH headers.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.rx_hdr.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE as _,
+                ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.received = (n as usize).min(BATCH);
+        Ok(self.received)
+    }
+
+    /// Receive slot `i`'s datagram and send slot `i`'s buffer, together.
+    pub(crate) fn slot(&mut self, i: usize) -> (&[u8], &mut [u8]) {
+        let len = if i < self.received {
+            (self.rx_hdr[i].msg_len as usize).min(SLOT)
+        } else {
+            0
+        };
+        let at = i * STRIDE;
+        let query = self.rx.get(at..at + len).unwrap_or(&[]);
+        let out = self.tx.get_mut(at..at + SLOT).unwrap_or(&mut []);
+        (query, out)
+    }
+
+    /// Queues the `len` octets written into send slot `i` as the reply to
+    /// slot `i`'s peer.
+    pub(crate) fn queue(&mut self, i: usize, len: usize) {
+        if i >= self.received || self.queued >= BATCH {
+            return;
+        }
+        let q = self.queued;
+        self.tx_iov[q] = libc::iovec {
+            // SAFETY: i < BATCH, so i * STRIDE + SLOT <= tx.len().
+            iov_base: unsafe { self.tx.as_mut_ptr().add(i * STRIDE) }.cast(),
+            iov_len: len.min(SLOT),
+        };
+        let namelen = self.rx_hdr[i].msg_hdr.msg_namelen;
+        let h = &mut self.tx_hdr[q].msg_hdr;
+        h.msg_name = ptr::addr_of_mut!(self.peers[i]).cast();
+        h.msg_namelen = namelen;
+        h.msg_iov = ptr::addr_of_mut!(self.tx_iov[q]);
+        h.msg_iovlen = 1;
+        h.msg_control = ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+        self.queued += 1;
+    }
+
+    /// Sends every queued reply; returns how many the kernel took. A reply
+    /// the kernel refuses (an unreachable peer, a full buffer) is skipped:
+    /// UDP replies are best effort, and the resolver retries.
+    pub(crate) fn send(&mut self, fd: RawFd) -> usize {
+        let mut at = 0;
+        let mut sent = 0;
+        while at < self.queued {
+            // SAFETY: headers at..queued were filled by `queue` with pointers
+            // into `tx`, `tx_iov` and `peers`, all owned by `self` and alive
+            // for the call; the kernel only reads them (and writes msg_len).
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.tx_hdr.as_mut_ptr().add(at),
+                    (self.queued - at) as libc::c_uint,
+                    0,
+                )
+            };
+            if n > 0 {
+                at += n as usize;
+                sent += n as usize;
+            } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            } else {
+                at += 1;
+            }
+        }
+        self.queued = 0;
+        sent
+    }
+}

@@ -1,0 +1,553 @@
+//! Zero-allocation proof for the answer path.
+//!
+//! A counting `#[global_allocator]` wraps `System` and counts, per thread,
+//! every `alloc`, `alloc_zeroed`, `realloc` and `dealloc`. Each test prepares
+//! its queries, the snapshot, the worker state and the output buffer outside
+//! the counted region, warms up once, then answers at least [`ROUNDS`]
+//! queries of one response kind through the real
+//! `opengslb_dataplane::answer::answer` — loading the snapshot through the
+//! same `arc_swap::Cache` the UDP workers use, once per query — and asserts
+//! the thread's count did not move. Counting per thread keeps the test
+//! harness (and the other tests running beside it) out of the numbers; each
+//! kind is its own test, so a failure names the kind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    cell::Cell,
+    net::Ipv6Addr,
+};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use opengslb_dataplane::{
+    answer::{answer, Transport, WorkerState},
+    handle::SnapshotHandle,
+    snapshot::Snapshot,
+};
+use opengslb_proto as proto;
+
+// === counting allocator ===
+
+/// `System`, counting the calls made by each thread.
+struct Counting;
+
+thread_local! {
+    // `const` initialisation: reading it never allocates or registers a destructor.
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn bump() {
+    // `try_with`: a thread being torn down may still free memory.
+    let _ = CALLS.try_with(|c| c.set(c.get() + 1));
+}
+
+fn calls() -> u64 {
+    CALLS.with(Cell::get)
+}
+
+// SAFETY: every method forwards to `System` unchanged; counting touches only
+// a thread-local `Cell`, which neither allocates nor unwinds.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        bump();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        bump();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        bump();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        bump();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// === constants ===
+
+/// Queries answered per kind inside the counted region.
+const ROUNDS: usize = 10_000;
+
+// === fixture ===
+
+/// Wire-format name from dotted text.
+fn wire_name(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in s.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+fn rrset(rtype: u32, ttl: u32, rdata: Vec<Vec<u8>>) -> proto::RRset {
+    proto::RRset {
+        rtype,
+        ttl,
+        rdata,
+        rrsig: vec![],
+    }
+}
+
+fn round_robin(rtype: u32, ttl: u32, rdata: Vec<Vec<u8>>) -> proto::AnswerPlan {
+    proto::AnswerPlan {
+        rtype,
+        policy: proto::Policy::RoundRobin as i32,
+        max_answers: 0,
+        candidates: vec![proto::Candidate {
+            rrset: Some(rrset(rtype, ttl, rdata)),
+            weight: 1,
+            region: 0,
+        }],
+        when_all_down: proto::WhenAllDown::Servfail as i32,
+    }
+}
+
+/// One single-record candidate per address, for the weighted and failover
+/// policies.
+fn per_candidate(policy: proto::Policy, lasts: &[u8]) -> proto::AnswerPlan {
+    proto::AnswerPlan {
+        rtype: 1,
+        policy: policy as i32,
+        max_answers: 1,
+        candidates: lasts
+            .iter()
+            .map(|&l| proto::Candidate {
+                rrset: Some(rrset(1, 30, vec![v4(l)])),
+                weight: u32::from(l),
+                region: 0,
+            })
+            .collect(),
+        when_all_down: proto::WhenAllDown::Servfail as i32,
+    }
+}
+
+fn node(n: &str, rrsets: Vec<proto::RRset>, plans: Vec<proto::AnswerPlan>) -> proto::Node {
+    proto::Node {
+        name: wire_name(n),
+        zone: 0,
+        rrsets,
+        plans,
+        ..Default::default()
+    }
+}
+
+fn v4(last: u8) -> Vec<u8> {
+    vec![192, 0, 2, last]
+}
+
+fn v6(last: u16) -> Vec<u8> {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
+        .octets()
+        .to_vec()
+}
+
+/// The benchmark zone `gslb.test` plus a CNAME, an empty non-terminal and a
+/// name whose AAAA RRset does not fit 512 octets.
+fn fixture() -> proto::Snapshot {
+    let mut soa = wire_name("ns1.gslb.test.");
+    soa.extend(wire_name("hostmaster.gslb.test."));
+    for v in [2024010101_u32, 3600, 600, 604800, 300] {
+        soa.extend(v.to_be_bytes());
+    }
+    proto::Snapshot {
+        generation: 1,
+        origin: "alloc-test".into(),
+        zones: vec![proto::Zone {
+            apex: wire_name("gslb.test."),
+            soa: Some(rrset(6, 300, vec![soa])),
+            ns: Some(rrset(
+                2,
+                300,
+                vec![wire_name("ns1.gslb.test."), wire_name("ns2.gslb.test.")],
+            )),
+            dnskey: None,
+            negative_ttl: 300,
+        }],
+        nodes: vec![
+            node(
+                "www.gslb.test.",
+                vec![],
+                vec![
+                    round_robin(1, 300, (1..=4).map(v4).collect()),
+                    round_robin(28, 300, (1..=2).map(v6).collect()),
+                ],
+            ),
+            node(
+                "api.gslb.test.",
+                vec![],
+                vec![round_robin(1, 300, vec![v4(10)])],
+            ),
+            node(
+                "ns1.gslb.test.",
+                vec![rrset(1, 300, vec![vec![127, 0, 0, 11]])],
+                vec![],
+            ),
+            node(
+                "ns2.gslb.test.",
+                vec![rrset(1, 300, vec![vec![127, 0, 0, 12]])],
+                vec![],
+            ),
+            node(
+                "alias.gslb.test.",
+                vec![rrset(5, 300, vec![wire_name("www.gslb.test.")])],
+                vec![],
+            ),
+            node("b.gslb.test.", vec![], vec![]),
+            node("a.b.gslb.test.", vec![rrset(1, 60, vec![v4(30)])], vec![]),
+            node(
+                "weighted.gslb.test.",
+                vec![],
+                vec![per_candidate(proto::Policy::Weighted, &[41, 42, 43])],
+            ),
+            node(
+                "failover.gslb.test.",
+                vec![],
+                vec![per_candidate(proto::Policy::Failover, &[51, 52])],
+            ),
+            node(
+                "big.gslb.test.",
+                vec![],
+                vec![round_robin(28, 300, (1..=40).map(v6).collect())],
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
+// === queries ===
+
+fn query(n: &str, rt: RecordType) -> Message {
+    let mut m = Message::new(0xBEEF, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(n).unwrap(), rt));
+    m
+}
+
+fn with_edns(mut m: Message, payload: u16, dnssec_ok: bool) -> Message {
+    let mut e = Edns::new();
+    e.set_max_payload(payload);
+    e.set_dnssec_ok(dnssec_ok);
+    m.set_edns(e);
+    m
+}
+
+fn bytes(m: &Message) -> Vec<u8> {
+    m.to_vec().unwrap()
+}
+
+/// Appends an OPT record (payload 1232) carrying an EDNS Client Subnet
+/// option for 198.51.100.0/24 (RFC 7871), written by hand.
+fn with_ecs(m: Message) -> Vec<u8> {
+    let mut b = bytes(&m);
+    b[11] = 1; // ARCOUNT
+    let ecs = [0, 1, 24, 0, 198, 51, 100]; // family, source, scope, address
+    b.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0]);
+    b.extend_from_slice(&(4 + ecs.len() as u16).to_be_bytes());
+    b.extend_from_slice(&8u16.to_be_bytes());
+    b.extend_from_slice(&(ecs.len() as u16).to_be_bytes());
+    b.extend_from_slice(&ecs);
+    b
+}
+
+// === harness ===
+
+/// What a reply of this kind must look like (checked outside the counted
+/// region, so the test proves it measured the kind it names).
+struct Expect {
+    rcode: ResponseCode,
+    answers: usize,
+    tc: bool,
+    edns: bool,
+}
+
+const fn expect(rcode: ResponseCode, answers: usize, tc: bool, edns: bool) -> Expect {
+    Expect {
+        rcode,
+        answers,
+        tc,
+        edns,
+    }
+}
+
+/// Answers `query` [`ROUNDS`] times over `transport` and asserts that no
+/// allocator call happened on this thread meanwhile.
+fn assert_no_alloc(kind: &str, query: &[u8], transport: Transport, want: Expect) {
+    let handle = SnapshotHandle::new(Snapshot::try_from(&fixture()).unwrap(), false);
+    let mut cache = handle.cache();
+    let mut state = WorkerState::new();
+    let mut out = vec![0u8; 65_535].into_boxed_slice();
+
+    // Warm-up: arc_swap registers this thread once; the reply is checked.
+    let n = answer(cache.load(), query, transport, &mut state, &mut out).expect("a reply");
+    let reply = Message::from_vec(&out[..n]).unwrap();
+    assert_eq!(reply.metadata.response_code, want.rcode, "{kind}: {reply}");
+    assert_eq!(reply.answers.len(), want.answers, "{kind}: {reply}");
+    assert_eq!(reply.metadata.truncation, want.tc, "{kind}: {reply}");
+    assert_eq!(reply.edns.is_some(), want.edns, "{kind}: {reply}");
+
+    let before = calls();
+    let mut total = 0usize;
+    for _ in 0..ROUNDS {
+        let snapshot = cache.load();
+        total += answer(snapshot, query, transport, &mut state, &mut out).unwrap_or(0);
+    }
+    let after = calls();
+    assert!(total >= ROUNDS * 12, "{kind}: every query got a reply");
+    assert_eq!(
+        after - before,
+        0,
+        "{kind}: {} allocator calls in {ROUNDS} answers",
+        after - before
+    );
+}
+
+// === tests ===
+
+#[test]
+fn the_counter_counts() {
+    let before = calls();
+    let v = std::hint::black_box(vec![1u8; 100]);
+    drop(v);
+    assert_eq!(calls() - before, 2, "one alloc and one dealloc");
+}
+
+#[test]
+fn a() {
+    let q = bytes(&query("www.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 4, false, false);
+    assert_no_alloc("A", &q, Transport::Udp, want);
+}
+
+#[test]
+fn a_mixed_case() {
+    let q = bytes(&query("WwW.gSlB.TEST.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 4, false, false);
+    assert_no_alloc("A mixed case", &q, Transport::Udp, want);
+}
+
+#[test]
+fn a_edns() {
+    let q = bytes(&with_edns(
+        query("www.gslb.test.", RecordType::A),
+        1232,
+        false,
+    ));
+    let want = expect(ResponseCode::NoError, 4, false, true);
+    assert_no_alloc("A + EDNS", &q, Transport::Udp, want);
+}
+
+#[test]
+fn aaaa() {
+    let q = bytes(&query("www.gslb.test.", RecordType::AAAA));
+    let want = expect(ResponseCode::NoError, 2, false, false);
+    assert_no_alloc("AAAA", &q, Transport::Udp, want);
+}
+
+#[test]
+fn aaaa_edns_do() {
+    let q = bytes(&with_edns(
+        query("www.gslb.test.", RecordType::AAAA),
+        4096,
+        true,
+    ));
+    let want = expect(ResponseCode::NoError, 2, false, true);
+    assert_no_alloc("AAAA + EDNS DO", &q, Transport::Udp, want);
+}
+
+#[test]
+fn weighted() {
+    let q = bytes(&query("weighted.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 1, false, false);
+    assert_no_alloc("A (weighted)", &q, Transport::Udp, want);
+}
+
+#[test]
+fn failover() {
+    let q = bytes(&query("failover.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 1, false, false);
+    assert_no_alloc("A (failover)", &q, Transport::Udp, want);
+}
+
+#[test]
+fn static_a() {
+    let q = bytes(&query("ns1.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 1, false, false);
+    assert_no_alloc("static A", &q, Transport::Udp, want);
+}
+
+#[test]
+fn nxdomain() {
+    let q = bytes(&query("nx0.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NXDomain, 0, false, false);
+    assert_no_alloc("NXDOMAIN", &q, Transport::Udp, want);
+}
+
+#[test]
+fn nxdomain_edns() {
+    let q = bytes(&with_edns(
+        query("x.y.nx.gslb.test.", RecordType::A),
+        1232,
+        true,
+    ));
+    let want = expect(ResponseCode::NXDomain, 0, false, true);
+    assert_no_alloc("NXDOMAIN + EDNS", &q, Transport::Udp, want);
+}
+
+#[test]
+fn nodata() {
+    let q = bytes(&query("api.gslb.test.", RecordType::AAAA));
+    let want = expect(ResponseCode::NoError, 0, false, false);
+    assert_no_alloc("NODATA", &q, Transport::Udp, want);
+}
+
+#[test]
+fn nodata_empty_non_terminal_edns() {
+    let q = bytes(&with_edns(
+        query("b.gslb.test.", RecordType::A),
+        1232,
+        false,
+    ));
+    let want = expect(ResponseCode::NoError, 0, false, true);
+    assert_no_alloc(
+        "NODATA (empty non-terminal) + EDNS",
+        &q,
+        Transport::Udp,
+        want,
+    );
+}
+
+#[test]
+fn refused() {
+    let q = bytes(&query("www.example.com.", RecordType::A));
+    let want = expect(ResponseCode::Refused, 0, false, false);
+    assert_no_alloc("REFUSED", &q, Transport::Udp, want);
+}
+
+#[test]
+fn refused_edns() {
+    let q = bytes(&with_edns(
+        query("www.example.com.", RecordType::A),
+        1232,
+        false,
+    ));
+    let want = expect(ResponseCode::Refused, 0, false, true);
+    assert_no_alloc("REFUSED + EDNS", &q, Transport::Udp, want);
+}
+
+#[test]
+fn formerr() {
+    // QDCOUNT = 2 with one question.
+    let mut q = bytes(&query("www.gslb.test.", RecordType::A));
+    q[5] = 2;
+    let want = expect(ResponseCode::FormErr, 0, false, false);
+    assert_no_alloc("FORMERR (QDCOUNT)", &q, Transport::Udp, want);
+}
+
+#[test]
+fn formerr_bad_opt() {
+    // An EDNS option that overruns the OPT RDATA: FORMERR echoing the question.
+    let mut q = with_ecs(query("www.gslb.test.", RecordType::A));
+    let at = q.len() - 9; // option length field of the ECS option
+    q[at] = 0x40;
+    let want = expect(ResponseCode::FormErr, 0, false, false);
+    assert_no_alloc("FORMERR (bad OPT)", &q, Transport::Udp, want);
+}
+
+#[test]
+fn tc_without_edns() {
+    let q = bytes(&query("big.gslb.test.", RecordType::AAAA));
+    let want = expect(ResponseCode::NoError, 0, true, false);
+    assert_no_alloc("TC (no EDNS)", &q, Transport::Udp, want);
+}
+
+#[test]
+fn tc_with_small_edns() {
+    let q = bytes(&with_edns(
+        query("big.gslb.test.", RecordType::AAAA),
+        512,
+        false,
+    ));
+    let want = expect(ResponseCode::NoError, 0, true, true);
+    assert_no_alloc("TC (EDNS 512)", &q, Transport::Udp, want);
+}
+
+#[test]
+fn large_over_edns() {
+    let q = bytes(&with_edns(
+        query("big.gslb.test.", RecordType::AAAA),
+        4096,
+        false,
+    ));
+    let want = expect(ResponseCode::NoError, 40, false, true);
+    assert_no_alloc("large RRset + EDNS 4096", &q, Transport::Udp, want);
+}
+
+#[test]
+fn large_over_tcp() {
+    let q = bytes(&query("big.gslb.test.", RecordType::AAAA));
+    let want = expect(ResponseCode::NoError, 40, false, false);
+    assert_no_alloc("large RRset over TCP", &q, Transport::Tcp, want);
+}
+
+#[test]
+fn cname_chase() {
+    let q = bytes(&query("alias.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 5, false, false);
+    assert_no_alloc("CNAME chase", &q, Transport::Udp, want);
+}
+
+#[test]
+fn cname_chase_edns() {
+    let q = bytes(&with_edns(
+        query("alias.gslb.test.", RecordType::AAAA),
+        1232,
+        false,
+    ));
+    let want = expect(ResponseCode::NoError, 3, false, true);
+    assert_no_alloc("CNAME chase + EDNS", &q, Transport::Udp, want);
+}
+
+#[test]
+fn any() {
+    let q = bytes(&query("www.gslb.test.", RecordType::ANY));
+    let want = expect(ResponseCode::NoError, 4, false, false);
+    assert_no_alloc("ANY", &q, Transport::Udp, want);
+}
+
+#[test]
+fn any_edns_apex() {
+    let q = bytes(&with_edns(
+        query("gslb.test.", RecordType::ANY),
+        1232,
+        false,
+    ));
+    let want = expect(ResponseCode::NoError, 1, false, true);
+    assert_no_alloc("ANY at the apex + EDNS", &q, Transport::Udp, want);
+}
+
+/// ECS hook: today the option is parsed and ignored; when EDNS Client Subnet
+/// lands (its own issue) this test keeps the ECS path allocation-free.
+#[test]
+fn ecs() {
+    let q = with_ecs(query("www.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 4, false, true);
+    assert_no_alloc("A + EDNS Client Subnet", &q, Transport::Udp, want);
+}
