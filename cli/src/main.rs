@@ -2,7 +2,9 @@
 //!
 //! `opengslb up` runs a complete GSLB on this machine — a controlplane and a
 //! dataplane as two child processes — and stops both when either dies or on
-//! Ctrl-C. `opengslb validate` checks a config file.
+//! Ctrl-C. `opengslb validate` checks a config file. The operator commands
+//! (`status`, `servers`, `overrides`, `geo`, `config`, `reload`, `watch`)
+//! talk to a running controlplane's gRPC `AdminService` ([`admin`]).
 
 use std::{
     path::{Path, PathBuf},
@@ -12,6 +14,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod admin;
+mod output;
 
 /// OpenGSLB command-line tool.
 #[derive(Debug, Parser)]
@@ -23,6 +28,8 @@ struct Args {
     /// Log level for this tool: debug, info, warn, error.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    #[command(flatten)]
+    conn: admin::Connection,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -37,6 +44,43 @@ enum Cmd {
     },
     /// Validate a config file; errors name file:line:key.
     Validate,
+    /// The controlplane's identity, readiness and counters.
+    Status,
+    /// Every server of every service with its effective health.
+    Servers {
+        /// Only this service (domain name).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Only `healthy` or `unhealthy` servers.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Manual health overrides (they outrank every other signal).
+    Overrides {
+        #[command(subcommand)]
+        command: admin::OverridesCmd,
+    },
+    /// Geolocation: test an address, list and change runtime mappings.
+    Geo {
+        #[command(subcommand)]
+        command: admin::GeoCmd,
+    },
+    /// Config file tools.
+    Config {
+        #[command(subcommand)]
+        command: admin::ConfigCmd,
+    },
+    /// Reload the controlplane's config file (validated first).
+    Reload,
+    /// Stream health changes as they are published.
+    Watch {
+        /// Only this service (domain name).
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -48,9 +92,31 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    let config = args.config.as_deref();
+    let remote = |cmd| admin::run(cmd, &args.conn, config);
     let result = match args.command {
-        Cmd::Up { state_dir } => up(&config_path(args.config), &state_dir),
-        Cmd::Validate => validate(&config_path(args.config)),
+        Cmd::Up { state_dir } => up(&config_path(args.config.clone()), &state_dir),
+        Cmd::Validate => validate(&config_path(args.config.clone())),
+        Cmd::Config {
+            command: admin::ConfigCmd::Validate { file, remote: false },
+        } => validate(&file),
+        Cmd::Config {
+            command: admin::ConfigCmd::Validate { file, remote: true },
+        } => remote(admin::Command::ValidateRemote(file)),
+        Cmd::Status => remote(admin::Command::Status),
+        Cmd::Servers {
+            service,
+            region,
+            status,
+        } => remote(admin::Command::Servers {
+            service,
+            region,
+            status,
+        }),
+        Cmd::Overrides { command } => remote(admin::Command::Overrides(command)),
+        Cmd::Geo { command } => remote(admin::Command::Geo(command)),
+        Cmd::Reload => remote(admin::Command::Reload),
+        Cmd::Watch { service } => remote(admin::Command::Watch { service }),
         Cmd::Version => {
             println!("opengslb {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -23,6 +23,7 @@ use opengslb_proto::{
     WhenAllDown, Zone,
 };
 
+use crate::dnssec::{Dnssec, Signer};
 use crate::config::{
     Config, DnsName, DomainConfig, HealthCheckType, RoutingAlgorithm, ServerRef, WhenAllDownConfig,
 };
@@ -47,6 +48,13 @@ pub struct ServerHealth {
 pub trait HealthView {
     /// Health of `server`.
     fn health(&self, server: &ServerRef<'_>) -> ServerHealth;
+
+    /// A manual override of `server` as a member of `domain`. It outranks
+    /// every other signal and is asked about every server, probed or not
+    /// (`health_check.type: none` included).
+    fn overridden(&self, _domain: &DnsName, _server: &ServerRef<'_>) -> Option<ServerHealth> {
+        None
+    }
 }
 
 /// The health view that calls every server healthy (since forever).
@@ -60,6 +68,8 @@ pub struct AllHealthy;
 pub struct Compiler {
     /// Keyed by (domain, record type).
     memory: BTreeMap<(DnsName, u32), FamilyMemory>,
+    /// DNSSEC signer (with its signature cache), when signing.
+    signer: Option<Signer>,
 }
 
 /// The output of one compile.
@@ -141,6 +151,15 @@ impl Compiler {
     /// A compiler with no memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A compiler that signs every snapshot with the keys of `dnssec`
+    /// (when `overwatch.dnssec.enabled`); see [`crate::dnssec`].
+    pub fn with_dnssec(dnssec: Dnssec) -> Self {
+        Self {
+            signer: Some(Signer::new(dnssec)),
+            ..Self::default()
+        }
     }
 
     /// Compiles `cfg` into a snapshot of `generation`, with SOA `serial`.
@@ -256,7 +275,7 @@ impl Compiler {
         self.memory.retain(|k, _| live.contains(k));
         nodes.add_empty_non_terminals(cfg);
 
-        let snapshot = Snapshot {
+        let mut snapshot = Snapshot {
             generation,
             origin: cfg.overwatch.identity.node_id.clone(),
             zones,
@@ -272,6 +291,12 @@ impl Compiler {
                 ecs_enabled: cfg.overwatch.geolocation.ecs_enabled,
             }),
         };
+        if let Some(signer) = &mut self.signer {
+            // Recompile (and so re-sign) before the first signature enters
+            // its refresh window.
+            let signed = signer.sign(&cfg.overwatch.dnssec, &mut snapshot, now);
+            recompile_at = earliest(recompile_at, signed.refresh_at);
+        }
         Compiled {
             snapshot,
             recompile_at,
@@ -297,16 +322,19 @@ fn members(cfg: &Config, domain: &DomainConfig, health: &dyn HealthView) -> Vec<
             if !server.serves(&domain.name) || !seen.insert(server.address) {
                 continue;
             }
-            let health = if always {
+            let server_ref = ServerRef {
+                region_index: ri,
+                region: &region.name,
+                server_index: si,
+                address: server.address,
+                port: server.port,
+            };
+            let health = if let Some(forced) = health.overridden(&domain.name, &server_ref) {
+                forced
+            } else if always {
                 ServerHealth::UP
             } else {
-                health.health(&ServerRef {
-                    region_index: ri,
-                    region: &region.name,
-                    server_index: si,
-                    address: server.address,
-                    port: server.port,
-                })
+                health.health(&server_ref)
             };
             members.push(Member {
                 address: server.address,

@@ -554,6 +554,13 @@ pub struct DnssecConfig {
     pub refresh_before: Duration,
     /// Key sync between controlplanes.
     pub key_sync: Option<KeySyncConfig>,
+    /// Separate KSK (flags 257) and ZSK (256) instead of one combined
+    /// signing key (CSK, flags 257).
+    pub split_keys: bool,
+    /// File holding a 256-bit key (64 hex digits or base64) that encrypts
+    /// private keys at rest (AES-256-GCM); unset = stored plainly, with a
+    /// start-up warning.
+    pub key_encryption_key_file: Option<PathBuf>,
 }
 
 /// `overwatch.dnssec.algorithm`.
@@ -1077,6 +1084,8 @@ impl Default for DnssecConfig {
             signature_validity: Duration::from_secs(14 * 86_400),
             refresh_before: Duration::from_secs(7 * 86_400),
             key_sync: None,
+            split_keys: false,
+            key_encryption_key_file: None,
         }
     }
 }

@@ -13,6 +13,9 @@ pub enum Error {
     /// Health checking could not be set up.
     #[error("health checks: {0}")]
     Health(#[from] opengslb_health::Error),
+    /// DNSSEC keys could not be made, read or used.
+    #[error("dnssec: {0}")]
+    Dnssec(String),
     /// The metrics registry could not be set up.
     #[error("metrics: {0}")]
     Metrics(String),

@@ -6,11 +6,15 @@
 //! It is the only process that reads the operator's YAML and the only one
 //! that will hold DNSSEC private keys. Nothing depends on this crate.
 
+pub mod admin;
+pub mod api;
 pub mod compile;
 pub mod config;
+pub mod dnssec;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod overrides;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -18,11 +18,12 @@ use opengslb_proto::snapshot_service_server::SnapshotServiceServer;
 use tokio::sync::{watch, Mutex};
 
 use crate::{
-    compile,
+    admin, api, compile,
     config::{self, Config},
     error::{Error, Result},
     health::Health,
     metrics::{self, Metrics},
+    overrides::{Overrides, WithOverrides},
     store::Store,
     stream::SnapshotStream,
 };
@@ -82,6 +83,10 @@ pub struct State {
     pub health: Health,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Manual overrides (outrank every other health signal).
+    pub overrides: Overrides,
+    /// DNSSEC keys and signing status (DS records, `dnssec status`).
+    pub dnssec: crate::dnssec::Dnssec,
     /// Held for every compile + publish, so snapshots go out in generation
     /// order and always from the config in force.
     publisher: Mutex<Publisher>,
@@ -105,6 +110,10 @@ impl State {
     /// serial and publishes. Returns the generation.
     async fn publish(&self, next: Option<Arc<Config>>) -> Result<u64> {
         let mut p = self.publisher.lock().await;
+        if let Some(next) = &next {
+            // Zones a reload adds get their keys before they are compiled.
+            self.dnssec.ensure_keys(&self.store, next).await?;
+        }
         let (generation, serial) = p.versions.advance();
         self.store
             .set_meta("soa_serial", &serial.to_string())
@@ -116,13 +125,13 @@ impl State {
             }
             current.clone()
         };
-        let view = self.health.view(&cfg);
+        let view = WithOverrides::new(self.health.view(&cfg), self.overrides.current());
         let compiled = p
             .compiler
             .compile(&cfg, generation, serial, &view, SystemTime::now());
         self.stream.publish(compiled.snapshot);
         self.metrics
-            .compiled(&view.healthy_per_region, &compiled.all_down, generation);
+            .compiled(&view.inner.healthy_per_region, &compiled.all_down, generation);
         let at = compiled.recompile_at;
         self.recompile_at.send_if_modified(|cur| {
             let changed = *cur != at;
@@ -212,6 +221,9 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         .await?
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let overrides = Overrides::load(&store).await?;
+    let dnssec = crate::dnssec::Dnssec::open(&store, &cfg).await?;
+    let app = api::App::new(api::Access::from_config(&cfg.api)?);
     let metrics = Arc::new(Metrics::new()?);
     let metrics_listener = if cfg.metrics.enabled {
         Some(metrics::bind(cfg.metrics.address).await?)
@@ -226,6 +238,16 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
             message: e.to_string(),
         })?;
 
+    // The REST API answers from now on (503 but for `live` until the first
+    // snapshot is published).
+    let api_server = if cfg.api.enabled {
+        let l = api::bind(cfg.api.address).await?;
+        tracing::info!(addr = %cfg.api.address, "REST API listening");
+        Some(tokio::spawn(api::serve(l, app.clone())))
+    } else {
+        None
+    };
+
     let health = Health::new(metrics.clone())?;
     let round = tokio::time::Instant::now();
     let first_round = health.add(&cfg);
@@ -238,15 +260,15 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
 
     let mut publisher = Publisher {
         versions: Versions::new(last_serial),
-        compiler: compile::Compiler::new(),
+        compiler: compile::Compiler::with_dnssec(dnssec.clone()),
     };
     let (generation, serial) = publisher.versions.advance();
     store.set_meta("soa_serial", &serial.to_string()).await?;
-    let view = health.view(&cfg);
+    let view = WithOverrides::new(health.view(&cfg), overrides.current());
     let first = publisher
         .compiler
         .compile(&cfg, generation, serial, &view, SystemTime::now());
-    metrics.compiled(&view.healthy_per_region, &first.all_down, generation);
+    metrics.compiled(&view.inner.healthy_per_region, &first.all_down, generation);
     tracing::info!(
         generation,
         serial,
@@ -261,10 +283,15 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         store,
         health,
         metrics: metrics.clone(),
+        overrides,
+        dnssec,
         publisher: Mutex::new(publisher),
         recompile_at: watch::Sender::new(first.recompile_at),
     });
     let recompiler = tokio::spawn(recompile_loop(state.clone()));
+    app.set_state(state.clone()).await?;
+    let follower = (state.store.engine() == "postgres")
+        .then(|| tokio::spawn(crate::overrides::follow(state.clone())));
     let metrics_server = metrics_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "metrics listening");
         tokio::spawn(metrics::serve(l, metrics, state.stream.clone()))
@@ -273,9 +300,13 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     tracing::info!(addr = %grpc_addr, "snapshot stream listening");
     let service =
         SnapshotServiceServer::new(state.stream.clone()).max_encoding_message_size(MAX_MESSAGE);
+    let (reflection_v1, reflection_v1alpha) = admin::reflection()?;
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(service)
+        .add_service(admin::service(app.clone()))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             wait_for_stop(state.clone()),
@@ -285,12 +316,45 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         message: e.to_string(),
     });
     recompiler.abort();
+    for task in [api_server, follower].into_iter().flatten() {
+        task.abort();
+    }
     if let Some(m) = metrics_server {
         m.abort();
     }
     served?;
     tracing::info!("controlplane stopped");
     Ok(())
+}
+
+/// A running controlplane's state without its listeners or health probes
+/// (admin API tests); the first snapshot is compiled and published.
+#[cfg(test)]
+pub(crate) async fn test_state(config_path: PathBuf, cfg: Config, store: Store) -> Arc<State> {
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let health = Health::new(metrics.clone()).expect("health");
+    let overrides = Overrides::load(&store).await.expect("overrides");
+    let mut publisher = Publisher {
+        versions: Versions::new(0),
+        compiler: compile::Compiler::new(),
+    };
+    let (generation, serial) = publisher.versions.advance();
+    let view = WithOverrides::new(health.view(&cfg), overrides.current());
+    let first = publisher
+        .compiler
+        .compile(&cfg, generation, serial, &view, SystemTime::now());
+    Arc::new(State {
+        config_path,
+        config: Mutex::new(Arc::new(cfg)),
+        stream: SnapshotStream::new(first.snapshot),
+        store,
+        health,
+        metrics,
+        overrides,
+        dnssec: crate::dnssec::Dnssec::disabled(),
+        publisher: Mutex::new(publisher),
+        recompile_at: watch::Sender::new(None),
+    })
 }
 
 /// Recompiles at once on every health decision change, and when a

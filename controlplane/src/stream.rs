@@ -54,6 +54,11 @@ impl SnapshotStream {
         self.current.borrow().clone()
     }
 
+    /// A receiver woken at every publish (admin `WatchHealth`).
+    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.current.subscribe()
+    }
+
     /// Number of connected dataplanes.
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)

@@ -43,9 +43,11 @@ use std::{
 use opengslb_proto::{Policy, WhenAllDown};
 
 use crate::select::{self, Picks, Rng, MAX_PICKS};
-use crate::snapshot::{Candidate, Node, Plan, RRset, Records, Snapshot, Zone};
-use crate::wire::{self, flags, rtype, Edns, Header, Question, HEADER_LEN};
+use crate::snapshot::{Candidate, Node, NsecOwner, Plan, RRset, Records, Snapshot, Zone};
+use crate::wire::{self, flags, rtype, Edns, Header, LabelOffsets, Question, HEADER_LEN};
 
+#[cfg(test)]
+mod dnssec_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
@@ -325,7 +327,8 @@ fn resolve(
             Some((_, zone)) => {
                 r.aa = true;
                 r.rcode = rcode::NXDOMAIN;
-                r.put_negative_soa(zone, qname_at, dnssec_ok)
+                r.put_negative_soa(zone, qname_at, dnssec_ok)?;
+                r.put_nxdomain_proof(snap, zone, qname_at, dnssec_ok)
             }
         };
     };
@@ -348,7 +351,10 @@ fn resolve(
                         // Fail open: the controlplane sends the fallback set
                         // as candidates, so an empty plan here means no data.
                         WhenAllDown::All | WhenAllDown::LastHealthy => match snap.zone(node.zone) {
-                            Some(zone) => r.put_negative_soa(zone, cur, dnssec_ok),
+                            Some(zone) => {
+                                r.put_negative_soa(zone, cur, dnssec_ok)?;
+                                r.put_nodata_proof(node, cur, dnssec_ok)
+                            }
                             None => Ok(()),
                         },
                         WhenAllDown::Unspecified | WhenAllDown::Servfail => {
@@ -364,7 +370,10 @@ fn resolve(
         let (Some(target), false) = (&node.cname_target, q.qtype == rtype::CNAME) else {
             // NODATA (empty non-terminals included).
             return match snap.zone(node.zone) {
-                Some(zone) => r.put_negative_soa(zone, cur, dnssec_ok),
+                Some(zone) => {
+                    r.put_negative_soa(zone, cur, dnssec_ok)?;
+                    r.put_nodata_proof(node, cur, dnssec_ok)
+                }
                 None => Ok(()),
             };
         };
@@ -393,7 +402,8 @@ fn resolve(
                 return match snap.closest_zone(target) {
                     Some((_, zone)) => {
                         r.rcode = rcode::NXDOMAIN;
-                        r.put_negative_soa(zone, target_at, dnssec_ok)
+                        r.put_negative_soa(zone, target_at, dnssec_ok)?;
+                        r.put_nxdomain_proof(snap, zone, target_at, dnssec_ok)
                     }
                     // Out of our zones: the resolver follows it.
                     None => Ok(()),
@@ -421,10 +431,21 @@ fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
     if let Some(p) = node.plans.iter().find(|p| p.rtype == qtype) {
         return Some(Data::Plan(p));
     }
+    if qtype == rtype::NSEC {
+        return node.denial.as_ref().map(Data::Static);
+    }
     node.rrsets
         .iter()
         .find(|s| s.rtype == qtype)
         .map(Data::Static)
+}
+
+/// The NSEC owner that covers `name` in canonical order: the last one
+/// sorting before it (the chain wraps, so the last owner covers every name
+/// after it). Binary search, no allocation.
+fn covering<'z>(owners: &'z [NsecOwner], name: &[u8]) -> Option<&'z NsecOwner> {
+    let i = owners.partition_point(|o| wire::canonical_cmp(&o.name, name).is_lt());
+    owners.get(i.checked_sub(1)?)
 }
 
 /// Candidates one answer of a weighted or failover plan carries:
@@ -577,15 +598,16 @@ impl<'a> Reply<'a> {
         if !plan.is_servable() {
             return Ok(false);
         }
+        // Signed single-record candidates validate one at a time: a DNSSEC
+        // client gets one (their union would be an RRset nobody signed).
+        let wanted = if dnssec_ok && plan.candidates.iter().any(|c| !c.rrset.sigs.is_empty()) {
+            1
+        } else {
+            picks_wanted(plan.max_answers)
+        };
         let picks = match plan.policy {
-            Policy::Weighted => select::weighted(
-                &plan.cumulative,
-                picks_wanted(plan.max_answers),
-                &mut state.rng,
-            ),
-            Policy::Failover => {
-                select::first(plan.candidates.len(), picks_wanted(plan.max_answers))
-            }
+            Policy::Weighted => select::weighted(&plan.cumulative, wanted, &mut state.rng),
+            Policy::Failover => select::first(plan.candidates.len(), wanted),
             // Geolocation and latency pickers arrive with their own issues;
             // until then the first (best-ranked) candidate serves.
             Policy::RoundRobin | Policy::Unspecified | Policy::Geolocation | Policy::Latency => {
@@ -627,6 +649,8 @@ impl<'a> Reply<'a> {
     ) -> Result<(), Full> {
         let n = c.rrset.records.len();
         let count = match plan.max_answers {
+            // The RRSIG covers the whole RRset: a DNSSEC client gets all of it.
+            _ if dnssec_ok && !c.rrset.sigs.is_empty() => n,
             0 => n,
             m => n.min(m as usize),
         };
@@ -642,15 +666,109 @@ impl<'a> Reply<'a> {
         &mut self,
         zone: &Zone,
         name: NameAt<'_>,
-        _dnssec_ok: bool,
+        dnssec_ok: bool,
     ) -> Result<(), Full> {
-        // DNSSEC hook: the SOA's RRSIG and the denial records (NSEC) join here.
-        let soa = &zone.soa_negative;
-        for i in 0..soa.len() {
-            self.w.put_owner(name, zone.apex.len())?;
-            self.w.put(soa.get(i).ok_or(Full)?)?;
-            self.nscount = self.nscount.saturating_add(1);
+        let sigs = if dnssec_ok {
+            zone.soa_negative_sigs.len()
+        } else {
+            0
+        };
+        let soa = zone.soa_negative.len();
+        for (records, count) in [(&zone.soa_negative, soa), (&zone.soa_negative_sigs, sigs)] {
+            for i in 0..count {
+                self.w.put_owner(name, zone.apex.len())?;
+                self.w.put(records.get(i).ok_or(Full)?)?;
+                self.nscount = self.nscount.saturating_add(1);
+            }
         }
+        Ok(())
+    }
+
+    /// DNSSEC, NODATA: the NSEC of the node (its type bitmap lacks the
+    /// query type) with its RRSIGs, in the authority section.
+    fn put_nodata_proof(
+        &mut self,
+        node: &Node,
+        owner: NameAt<'_>,
+        dnssec_ok: bool,
+    ) -> Result<(), Full> {
+        match &node.denial {
+            Some(nsec) if dnssec_ok => self.put_authority(owner, nsec),
+            _ => Ok(()),
+        }
+    }
+
+    /// DNSSEC, NXDOMAIN (RFC 4035 §3.1.3.2): the NSEC covering `name`, and
+    /// the NSEC covering the wildcard at its closest encloser (the longest
+    /// existing ancestor) when that is another one, each with its RRSIGs.
+    fn put_nxdomain_proof(
+        &mut self,
+        snap: &Snapshot,
+        zone: &Zone,
+        name: NameAt<'_>,
+        dnssec_ok: bool,
+    ) -> Result<(), Full> {
+        if !dnssec_ok || zone.nsec_owners.is_empty() {
+            return Ok(());
+        }
+        let owners = &zone.nsec_owners;
+        let Some(cover) = covering(owners, name.name) else {
+            return Ok(());
+        };
+        self.put_nsec_of(snap, cover, name)?;
+        // `*.` + closest encloser, on the stack (at most 255 octets).
+        let mut wildcard = [0u8; wire::MAX_NAME_LEN];
+        let encloser = LabelOffsets::new(name.name)
+            .skip(1)
+            .filter_map(|at| name.name.get(at..))
+            .find(|suffix| snap.node(suffix).is_some());
+        let Some(encloser) = encloser else {
+            return Ok(());
+        };
+        let len = encloser.len() + 2;
+        let Some(slot) = wildcard.get_mut(..len) else {
+            return Ok(());
+        };
+        slot[0] = 1;
+        slot[1] = b'*';
+        slot[2..].copy_from_slice(encloser);
+        match covering(owners, slot) {
+            Some(w) if !std::ptr::eq(w, cover) => self.put_nsec_of(snap, w, name),
+            _ => Ok(()),
+        }
+    }
+
+    /// The NSEC RRset of `owner` in the authority section; its owner name
+    /// points into `name` when it is a suffix of it, else is written out.
+    fn put_nsec_of(
+        &mut self,
+        snap: &Snapshot,
+        owner: &NsecOwner,
+        name: NameAt<'_>,
+    ) -> Result<(), Full> {
+        let Some(nsec) = snap.node_at(owner.node).and_then(|n| n.denial.as_ref()) else {
+            return Ok(());
+        };
+        let at = LabelOffsets::new(name.name)
+            .find(|&at| name.name.get(at..) == Some(&owner.name[..]))
+            .map(|at| NameAt {
+                at: name.at + at,
+                name: &owner.name,
+            });
+        // Beyond 0x3FFF no pointer can reach: `put_owner` writes the name.
+        let at = at.unwrap_or(NameAt {
+            at: 0x4000,
+            name: &owner.name,
+        });
+        self.put_authority(at, nsec)
+    }
+
+    /// An RRset and its RRSIGs in the authority section.
+    fn put_authority(&mut self, owner: NameAt<'_>, set: &RRset) -> Result<(), Full> {
+        self.put_records(owner, &set.records, 0, set.records.len())?;
+        self.put_records(owner, &set.sigs, 0, set.sigs.len())?;
+        let n = set.records.len() + set.sigs.len();
+        self.nscount = self.nscount.saturating_add(n as u16);
         Ok(())
     }
 

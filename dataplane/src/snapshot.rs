@@ -152,6 +152,9 @@ pub enum InvalidSnapshot {
     /// A CNAME next to other data, with more than one record, or with a bad target.
     #[error("CNAME must be alone at its owner, single, and name a valid target")]
     BadCname,
+    /// Denial records other than one NSEC RRset of one record per owner.
+    #[error("denial records must be one NSEC record per owner")]
+    BadDenial,
 }
 
 /// The compiled, validated answer tables of one generation.
@@ -192,6 +195,18 @@ pub(crate) struct Zone {
     pub(crate) apex: Box<[u8]>,
     /// The SOA with TTL = negative TTL, for the authority section.
     pub(crate) soa_negative: Records,
+    /// The SOA's RRSIGs with TTL = negative TTL (empty when unsigned).
+    pub(crate) soa_negative_sigs: Records,
+    /// Owners of the zone's NSEC records in canonical order (RFC 4034
+    /// §6.1), for the binary search that finds the NSEC covering a name.
+    pub(crate) nsec_owners: Box<[NsecOwner]>,
+}
+
+/// An owner name with an NSEC record, and its node.
+#[derive(Debug)]
+pub(crate) struct NsecOwner {
+    pub(crate) name: Box<[u8]>,
+    pub(crate) node: u32,
 }
 
 /// One owner name (possibly an empty non-terminal).
@@ -203,6 +218,8 @@ pub(crate) struct Node {
     pub(crate) plans: Box<[Plan]>,
     /// Lower-case target of the node's CNAME, if it has one.
     pub(crate) cname_target: Option<Box<[u8]>>,
+    /// The node's NSEC RRset with its RRSIGs (authenticated denial).
+    pub(crate) denial: Option<RRset>,
 }
 
 /// Pre-encoded records: each is TYPE CLASS TTL RDLENGTH RDATA, the owner left
@@ -318,6 +335,11 @@ impl Snapshot {
         self.zones.get(index as usize)
     }
 
+    /// Node at `index`.
+    pub(crate) fn node_at(&self, index: u32) -> Option<&Node> {
+        self.nodes.get(index as usize)
+    }
+
     /// Closest enclosing zone of a lower-case wire name: the longest apex that
     /// is a suffix of it. Returns the zone index and the apex length.
     pub(crate) fn closest_zone(&self, name: &[u8]) -> Option<(u32, &Zone)> {
@@ -356,6 +378,8 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             zones.push(Zone {
                 apex: z.apex.clone().into_boxed_slice(),
                 soa_negative: encode_records(rtype::SOA, z.negative_ttl, &soa.rdata)?,
+                soa_negative_sigs: encode_records(rtype::RRSIG, z.negative_ttl, &soa.rrsig)?,
+                nsec_owners: Box::default(),
             });
         }
 
@@ -406,6 +430,24 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
                 .map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
             names.insert(z.apex.clone().into_boxed_slice(), index);
             nodes.push(node);
+        }
+
+        // Per zone, the owners of NSEC records in canonical order.
+        let mut owners: Vec<Vec<NsecOwner>> = zones.iter().map(|_| Vec::new()).collect();
+        for (name, &i) in &names {
+            let Some(node) = nodes.get(i as usize) else {
+                continue;
+            };
+            if let (Some(_), Some(list)) = (&node.denial, owners.get_mut(node.zone as usize)) {
+                list.push(NsecOwner {
+                    name: name.clone(),
+                    node: i,
+                });
+            }
+        }
+        for (zone, mut list) in zones.iter_mut().zip(owners) {
+            list.sort_by(|a, b| wire::canonical_cmp(&a.name, &b.name));
+            zone.nsec_owners = list.into_boxed_slice();
         }
 
         let edns = msg.options.as_ref().map_or(0, |o| o.edns_udp_size);
@@ -479,6 +521,7 @@ impl DecisionCounter {
 // === impl Records ===
 
 impl Records {
+
     /// Number of records.
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
@@ -729,11 +772,23 @@ fn compile_node(
     if cname_target.is_some() && (rrsets.len() > 1 || !plans.is_empty()) {
         return Err(InvalidSnapshot::BadCname);
     }
+    let denial = match n.denial.as_slice() {
+        [] => None,
+        [d] if d.rtype == u32::from(rtype::NSEC) && d.rdata.len() == 1 => {
+            // NSEC RDATA starts with the next owner name.
+            if d.rdata.first().and_then(|r| wire::name_len(r)).is_none() {
+                return Err(InvalidSnapshot::BadDenial);
+            }
+            Some(compile_rrset(rtype::NSEC, d)?)
+        }
+        _ => return Err(InvalidSnapshot::BadDenial),
+    };
     Ok(Node {
         zone: n.zone,
         rrsets: rrsets.into_boxed_slice(),
         plans: plans.into_boxed_slice(),
         cname_target,
+        denial,
     })
 }
 

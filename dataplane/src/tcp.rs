@@ -1,6 +1,13 @@
 //! DNS over TCP (RFC 7766): 2-byte length framing, pipelined queries answered
 //! in order, an idle timeout between queries, an I/O timeout inside one, and a
 //! cap on concurrent connections (connections over it are closed at once).
+//!
+//! Each connection reads whatever the peer has sent into one buffer (one
+//! `read` per wake-up, not one per field), answers every complete message in
+//! it from one snapshot load, appends the framed replies to one output
+//! buffer, and writes that once; a partial message stays at the front of the
+//! buffer for the next read. A zero length prefix closes the connection
+//! (after the replies already owed are written).
 
 use std::{
     net::SocketAddr,
@@ -21,7 +28,13 @@ use crate::{
     handle::SnapshotHandle,
     metrics::Metrics,
     settings::TcpSettings,
+    udp::Tally,
 };
+
+/// One framed message at most: the length prefix and 65535 octets.
+const FRAME: usize = 2 + 65_535;
+/// Replies buffered before a write: room for at least one full-size reply.
+const TX_CAP: usize = 2 * FRAME;
 
 /// Binds the TCP listener (call inside the tokio runtime).
 pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener> {
@@ -79,48 +92,80 @@ async fn connection(
     settings: TcpSettings,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut state = WorkerState::default();
-    let mut rx = vec![0u8; 65_535];
-    let mut tx = vec![0u8; 65_537];
+    let mut state = WorkerState::new();
+    let mut cache = handle.cache();
+    let mut rx = vec![0u8; FRAME].into_boxed_slice();
+    let mut tx = vec![0u8; TX_CAP].into_boxed_slice();
+    // Unconsumed input is rx[..pending].
+    let mut pending = 0usize;
     loop {
-        let mut len = [0u8; 2];
         // Idle timeout until the next message starts, I/O timeout for the rest.
-        match timeout(settings.idle_timeout(), stream.read_u8()).await {
-            Ok(Ok(b)) => len[0] = b,
+        let limit = if pending == 0 {
+            settings.idle_timeout()
+        } else {
+            settings.io_timeout()
+        };
+        let Some(free) = rx.get_mut(pending..) else {
+            return;
+        };
+        match timeout(limit, stream.read(free)).await {
+            Ok(Ok(n)) if n > 0 => pending += n,
             _ => return,
         }
-        match timeout(settings.io_timeout(), stream.read_u8()).await {
-            Ok(Ok(b)) => len[1] = b,
-            _ => return,
+
+        let mut tally = Tally::default();
+        let mut out = 0usize;
+        let mut at = 0usize;
+        let mut close = false;
+        let snapshot = cache.load();
+        while let Some(&[hi, lo]) = rx.get(at..at + 2) {
+            if at + 2 > pending {
+                break;
+            }
+            let n = usize::from(u16::from_be_bytes([hi, lo]));
+            if n == 0 {
+                close = true;
+                break;
+            }
+            if at + 2 + n > pending {
+                break;
+            }
+            if out + FRAME > TX_CAP {
+                if write(&mut stream, &tx[..out], settings).await.is_err() {
+                    return;
+                }
+                out = 0;
+            }
+            tally.queries += 1;
+            let query = &rx[at + 2..at + 2 + n];
+            let reply = &mut tx[out + 2..out + FRAME];
+            at += 2 + n;
+            let Some(m) = answer(snapshot, query, Transport::Tcp, &mut state, reply) else {
+                tally.dropped += 1;
+                continue;
+            };
+            let Ok(m16) = u16::try_from(m) else { return };
+            tally.reply(&reply[..m]);
+            tx[out..out + 2].copy_from_slice(&m16.to_be_bytes());
+            out += 2 + m;
         }
-        let n = usize::from(u16::from_be_bytes(len));
-        if n == 0 {
+        tally.add_to(&metrics.tcp);
+        if out > 0 && write(&mut stream, &tx[..out], settings).await.is_err() {
             return;
         }
-        match timeout(settings.io_timeout(), stream.read_exact(&mut rx[..n])).await {
-            Ok(Ok(_)) => {}
-            _ => return,
+        if close {
+            return;
         }
-        metrics.tcp.queries.fetch_add(1, Relaxed);
-        let reply_len = {
-            let snapshot = handle.load_full();
-            answer(
-                &snapshot,
-                &rx[..n],
-                Transport::Tcp,
-                &mut state,
-                &mut tx[2..],
-            )
-        };
-        let Some(m) = reply_len else {
-            metrics.tcp.dropped.fetch_add(1, Relaxed);
-            continue;
-        };
-        let Ok(m16) = u16::try_from(m) else { return };
-        tx[..2].copy_from_slice(&m16.to_be_bytes());
-        match timeout(settings.io_timeout(), stream.write_all(&tx[..m + 2])).await {
-            Ok(Ok(())) => metrics.tcp.reply(&tx[2..m + 2]),
-            _ => return,
-        }
+        // Keep the partial message (if any) at the front.
+        rx.copy_within(at..pending, 0);
+        pending -= at;
+    }
+}
+
+/// Writes `bytes` within the I/O timeout.
+async fn write(stream: &mut TcpStream, bytes: &[u8], settings: TcpSettings) -> Result<(), ()> {
+    match timeout(settings.io_timeout(), stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
     }
 }

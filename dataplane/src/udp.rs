@@ -41,13 +41,16 @@ mod batch;
 const BUF: usize = 65_535;
 
 /// Counts of one batch, added to the worker's shared counters once per batch
-/// (plain adds here, one atomic add per non-zero counter there).
-#[derive(Default)]
-struct Tally {
-    queries: u64,
+/// (plain adds here, one atomic add per non-zero counter there). TCP uses it
+/// per read too.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Messages received.
+    pub(crate) queries: u64,
     responses: [u64; 16],
     truncated: u64,
-    dropped: u64,
+    /// Messages that got no reply.
+    pub(crate) dropped: u64,
 }
 
 /// Binds one `SO_REUSEPORT` UDP socket.
@@ -185,14 +188,15 @@ fn serve(
 impl Tally {
     /// Counts one reply by its header RCODE and TC bit.
     #[inline]
-    fn reply(&mut self, reply: &[u8]) {
+    pub(crate) fn reply(&mut self, reply: &[u8]) {
         if let (Some(&flags), Some(&rcode)) = (reply.get(2), reply.get(3)) {
             self.responses[usize::from(rcode & 0x0f)] += 1;
             self.truncated += u64::from(flags & 0x02 != 0);
         }
     }
 
-    fn add_to(&self, c: &WorkerCounters) {
+    /// Adds the batch to the shared counters.
+    pub(crate) fn add_to(&self, c: &WorkerCounters) {
         let add = |counter: &std::sync::atomic::AtomicU64, v: u64| {
             if v != 0 {
                 counter.fetch_add(v, Relaxed);

@@ -41,6 +41,8 @@ pub mod rtype {
     pub const OPT: u16 = 41;
     /// DNSSEC signature.
     pub const RRSIG: u16 = 46;
+    /// Next secure (authenticated denial).
+    pub const NSEC: u16 = 47;
     /// DNSSEC public key.
     pub const DNSKEY: u16 = 48;
     /// Transaction signature (only ever in the additional section).
@@ -332,6 +334,46 @@ pub fn name_len(buf: &[u8]) -> Option<usize> {
             return Some(pos);
         }
     }
+}
+
+/// RFC 4034 §6.1 canonical order of two valid, lower-case wire-format
+/// names: labels compared from the root down, each as an octet string, a
+/// name before its descendants. Allocation-free (label offsets on the stack).
+pub fn canonical_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    // A name of at most 255 octets has at most 128 labels (root included).
+    let mut oa = [0u8; 128];
+    let mut ob = [0u8; 128];
+    let na = label_starts(a, &mut oa);
+    let nb = label_starts(b, &mut ob);
+    fn label(name: &[u8], at: u8) -> &[u8] {
+        let at = usize::from(at);
+        let len = usize::from(name.get(at).copied().unwrap_or(0));
+        name.get(at + 1..at + 1 + len).unwrap_or(&[])
+    }
+    for (&x, &y) in oa[..na].iter().rev().zip(ob[..nb].iter().rev()) {
+        match label(a, x).cmp(label(b, y)) {
+            std::cmp::Ordering::Equal => {}
+            o => return o,
+        }
+    }
+    na.cmp(&nb)
+}
+
+/// Writes the offset of each non-root label of `name` into `out`; returns
+/// how many.
+fn label_starts(name: &[u8], out: &mut [u8; 128]) -> usize {
+    let mut n = 0;
+    for at in LabelOffsets::new(name) {
+        if name.get(at).is_none_or(|&l| l == 0) {
+            break;
+        }
+        let (Some(slot), Ok(at)) = (out.get_mut(n), u8::try_from(at)) else {
+            break;
+        };
+        *slot = at;
+        n += 1;
+    }
+    n
 }
 
 /// Number of labels of a valid wire-format name, root excluded.

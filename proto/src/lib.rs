@@ -15,6 +15,11 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The encoded `FileDescriptorSet` of every `.proto` file of the contract,
+/// for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/opengslb_descriptor.bin"));
+
 /// DNS record type numbers used across the contract.
 pub mod rtype {
     /// IPv4 address.

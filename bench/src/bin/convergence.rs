@@ -35,6 +35,9 @@ use anyhow::{bail, Context, Result};
 
 const NAME: &str = "cv.bench.test";
 
+/// Per dataplane, each change seen: (when, names the toggled backend).
+type Changes = Mutex<Vec<Vec<(SystemTime, bool)>>>;
+
 const CONFIG: &str = r#"
 logging: {level: info, format: text}
 metrics: {enabled: true, address: "{cpmetrics}"}
@@ -81,27 +84,28 @@ fn main() -> Result<()> {
     result
 }
 
-/// The directory holding release builds of both binaries (built if missing).
+/// The directory holding both binaries, (re)built with this profile first
+/// so a stale build is never measured.
 fn binaries() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
-    let have = |n: &str| dir.join(n).exists();
-    if !have("opengslb-controlplane") || !have("opengslb-dataplane") {
-        let release = dir.ends_with("release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "-p",
-            "opengslb-controlplane",
-            "-p",
-            "opengslb-dataplane",
-        ]);
-        if release {
-            cmd.arg("--release");
-        }
-        if !cmd.status()?.success() {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "opengslb-controlplane",
+        "-p",
+        "opengslb-dataplane",
+    ]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    if !cmd.status()?.success() {
+        if !dir.join("opengslb-controlplane").exists() || !dir.join("opengslb-dataplane").exists() {
             bail!("building the binaries failed");
         }
+        eprintln!("warning: building the binaries failed; measuring the existing ones");
     }
     Ok(dir)
 }
@@ -203,8 +207,7 @@ fn run(bins: &Path, dir: &Path, cycles: usize, n: usize) -> Result<()> {
 
     // Pollers: each records (time, names A?) at every change it sees.
     let stop = Arc::new(AtomicBool::new(false));
-    let changes: Arc<Mutex<Vec<Vec<(SystemTime, bool)>>>> =
-        Arc::new(Mutex::new(vec![Vec::new(); n]));
+    let changes: Arc<Changes> = Arc::new(Mutex::new(vec![Vec::new(); n]));
     let pollers: Vec<JoinHandle<()>> = dns
         .iter()
         .enumerate()
@@ -277,13 +280,7 @@ fn report(what: &str, samples: &[Duration]) {
 }
 
 /// Polls one dataplane, recording each change of "names `a`".
-fn poll(
-    i: usize,
-    dns: SocketAddr,
-    a: Ipv4Addr,
-    stop: &AtomicBool,
-    changes: &Mutex<Vec<Vec<(SystemTime, bool)>>>,
-) {
+fn poll(i: usize, dns: SocketAddr, a: Ipv4Addr, stop: &AtomicBool, changes: &Changes) {
     let mut last = None;
     while !stop.load(Ordering::Relaxed) {
         if let Some(ips) = ask(dns) {
@@ -303,7 +300,7 @@ fn poll(
 /// Waits until every dataplane recorded a change to `has` after `t0`;
 /// returns each one's first such time.
 fn wait_all(
-    changes: &Mutex<Vec<Vec<(SystemTime, bool)>>>,
+    changes: &Changes,
     t0: SystemTime,
     has: bool,
     limit: Duration,

@@ -37,8 +37,8 @@ const STRIDE: usize = 65_536 + 64;
 
 /// One worker's batch buffers (see the module docs).
 pub(crate) struct Batch {
-    rx: Box<[u8]>,
-    tx: Box<[u8]>,
+    rx: Region,
+    tx: Region,
     peers: Box<[libc::sockaddr_storage]>,
     rx_iov: Box<[libc::iovec]>,
     rx_hdr: Box<[libc::mmsghdr]>,
@@ -48,6 +48,83 @@ pub(crate) struct Batch {
     received: usize,
     /// Replies queued for the next `send`.
     queued: usize,
+}
+
+/// Anonymous memory straight from `mmap`: pages cost nothing until touched,
+/// and a busy worker touches only the first page or two of each slot. (A
+/// zeroed heap allocation may be written whole by the allocator, which
+/// would make every worker's 4 MiB of slots resident.)
+struct Region {
+    ptr: *mut u8,
+    len: usize,
+    /// False for the heap fallback, which is leaked rather than unmapped.
+    mapped: bool,
+}
+
+// === impl Region ===
+
+impl Region {
+    fn new(len: usize) -> Self {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is
+        // touched. The result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            // Out of address space: fall back to the heap (resident, but works).
+            let leaked: &'static mut [u8] = Box::leak(vec![0u8; len].into_boxed_slice());
+            return Self {
+                ptr: leaked.as_mut_ptr(),
+                len,
+                mapped: false,
+            };
+        }
+        Self {
+            ptr: ptr.cast(),
+            len,
+            mapped: true,
+        }
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn get(&self, r: std::ops::Range<usize>) -> Option<&[u8]> {
+        self.as_slice().get(r)
+    }
+
+    fn get_mut(&mut self, r: std::ops::Range<usize>) -> Option<&mut [u8]> {
+        self.as_mut_slice().get_mut(r)
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` octets (mapped, or the leaked heap
+        // fallback) for as long as `self` lives, and `&self` excludes writers.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if self.mapped {
+            // SAFETY: unmaps exactly the mapping made in `new`; no slice into
+            // it outlives `self`.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
 }
 
 // === impl Batch ===
@@ -65,8 +142,8 @@ impl Batch {
             )
         };
         Self {
-            rx: vec![0u8; BATCH * STRIDE].into_boxed_slice(),
-            tx: vec![0u8; BATCH * STRIDE].into_boxed_slice(),
+            rx: Region::new(BATCH * STRIDE),
+            tx: Region::new(BATCH * STRIDE),
             peers: vec![peer; BATCH].into_boxed_slice(),
             rx_iov: vec![iov; BATCH].into_boxed_slice(),
             rx_hdr: vec![hdr; BATCH].into_boxed_slice(),

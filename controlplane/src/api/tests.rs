@@ -1,0 +1,446 @@
+//! REST contract tests: the router in process (`tower::ServiceExt::oneshot`)
+//! over a real store and a compiled snapshot; the client address is set per
+//! request, as the listener would.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::ConnectInfo,
+    http::{Method, Request, StatusCode},
+    Router,
+};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::{rest, Access, App};
+use crate::{config, server::State, store::Store};
+
+const TOKEN: &str = "alice-token-0123456789";
+
+const CONFIG: &str = r#"
+dns:
+  listen_address: "127.0.0.1:5353"
+  zones: [gslb.test]
+regions:
+  - name: local
+    servers:
+      - {address: 192.0.2.1, port: 80}
+      - {address: 192.0.2.2, port: 80}
+    health_check: {type: none}
+  - name: eu
+    servers:
+      - {address: 198.51.100.1, port: 80}
+    health_check: {type: none}
+domains:
+  - {name: www.gslb.test, regions: [local]}
+  - {name: eu.gslb.test, regions: [eu]}
+overwatch:
+  data_dir: cp-data
+  geolocation:
+    default_region: local
+    custom_mappings:
+      - {cidr: 203.0.113.0/24, region: eu, comment: lab}
+"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    router: Router,
+    state: Arc<State>,
+}
+
+async fn setup_with(tokens: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gslb.yaml");
+    std::fs::write(&path, CONFIG).unwrap();
+    let cfg = config::load(&path).unwrap();
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        dir.path().join("db/opengslb.db").display()
+    ))
+    .await
+    .unwrap();
+    let state = crate::server::test_state(path, cfg, store).await;
+    let tokens = if tokens {
+        vec![("alice".to_owned(), TOKEN.to_owned())]
+    } else {
+        Vec::new()
+    };
+    let access = Access::new(
+        vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()],
+        false,
+        tokens,
+        None,
+    );
+    let app = App::new(access);
+    app.set_state(state.clone()).await.unwrap();
+    Setup {
+        dir,
+        router: rest::router(app),
+        state,
+    }
+}
+
+async fn setup() -> Setup {
+    setup_with(true).await
+}
+
+const LOCAL: &str = "127.0.0.1:40000";
+
+/// One request; returns the status and the JSON body (Null when empty).
+async fn call(
+    router: &Router,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
+    call_from(router, LOCAL, method, path, token, body, &[]).await
+}
+
+async fn call_from(
+    router: &Router,
+    peer: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: impl Into<Body>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut req = req.body(body.into()).unwrap();
+    let peer: SocketAddr = peer.parse().unwrap();
+    req.extensions_mut().insert(ConnectInfo(peer));
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{path}: body is not JSON ({e}): {bytes:?}"))
+    };
+    (status, value)
+}
+
+fn assert_error(v: &Value, code: StatusCode) {
+    assert_eq!(v["code"], code.as_u16(), "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+}
+
+#[test]
+fn openapi_documents_exactly_the_routes() {
+    let doc: Value = serde_json::from_str(rest::OPENAPI).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if method != "parameters" {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let routed: BTreeSet<(String, String)> = rest::routes()
+        .into_iter()
+        .map(|(m, p, _)| (m.to_string(), p.to_owned()))
+        .collect();
+    let missing: Vec<_> = routed.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&routed).collect();
+    assert!(missing.is_empty(), "routes missing from openapi.json: {missing:?}");
+    assert!(extra.is_empty(), "openapi.json documents unknown routes: {extra:?}");
+}
+
+#[tokio::test]
+async fn every_route_is_routed() {
+    let s = setup().await;
+    for (method, path, _) in rest::routes() {
+        let concrete = path
+            .replace("{service}", "www.gslb.test")
+            .replace("{address}", "192.0.2.1")
+            .replace("{cidr}", "10.0.0.0%2F8");
+        let (status, body) = call(&s.router, method.clone(), &concrete, Some(TOKEN), "").await;
+        let unrouted = body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("no such route") || e.starts_with("method not allowed"));
+        assert!(!unrouted, "{method} {path}: {status} {body}");
+    }
+}
+
+#[tokio::test]
+async fn probes_version_and_readiness() {
+    let s = setup().await;
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/live", None, "").await;
+    assert_eq!((st, v["alive"].clone()), (StatusCode::OK, Value::Bool(true)));
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/ready", None, "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["ready"], true);
+    assert!(v["generation"].as_u64().unwrap() > 0);
+    let (st, v) = call(&s.router, Method::GET, "/api/health", None, "").await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/version", None, "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+
+    // Before the first snapshot: live, but not ready, and 503 elsewhere.
+    let starting = rest::router(App::new(Access::new(
+        vec!["127.0.0.1/32".parse().unwrap()],
+        false,
+        Vec::new(),
+        None,
+    )));
+    let (st, v) = call(&starting, Method::GET, "/api/v1/ready", None, "").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["ready"], false);
+    let (st, _) = call(&starting, Method::GET, "/api/v1/live", None, "").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = call(&starting, Method::GET, "/api/v1/overrides", None, "").await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error(&v, st);
+}
+
+#[tokio::test]
+async fn allowlist_and_tokens() {
+    let s = setup().await;
+    let far = "203.0.113.5:5000";
+    let (st, v) = call_from(&s.router, far, Method::GET, "/api/v1/overrides", None, "", &[]).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_error(&v, st);
+    // Proxy headers are not trusted by default.
+    let (st, _) = call_from(
+        &s.router,
+        far,
+        Method::GET,
+        "/api/v1/health/servers",
+        None,
+        "",
+        &[("x-forwarded-for", "127.0.0.1")],
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Probes answer anyone.
+    let (st, _) = call_from(&s.router, far, Method::GET, "/api/v1/live", None, "", &[]).await;
+    assert_eq!(st, StatusCode::OK);
+
+    let path = "/api/v1/overrides/www.gslb.test/192.0.2.1";
+    let body = r#"{"healthy": false, "reason": "x", "source": "test"}"#;
+    let (st, v) = call(&s.router, Method::PUT, path, None, body).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_error(&v, st);
+    let (st, _) = call(&s.router, Method::PUT, path, Some("wrong-token-0123456789"), body).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = call(&s.router, Method::POST, "/api/v1/config/reload", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(s.state.overrides.is_empty(), "refused calls change nothing");
+    assert_eq!(s.state.store.audit_count().await.unwrap(), 0);
+
+    let no_tokens = setup_with(false).await;
+    let (st, v) = call(&no_tokens.router, Method::PUT, path, Some(TOKEN), body).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert!(v["error"].as_str().unwrap().contains("token_file"), "{v}");
+}
+
+#[tokio::test]
+async fn override_lifecycle_publishes_and_audits() {
+    let s = setup().await;
+    let path = "/api/v1/overrides/WWW.gslb.test./192.0.2.1";
+    let before = s.state.stream.current().generation;
+    let (st, v) = call(
+        &s.router,
+        Method::PUT,
+        path,
+        Some(TOKEN),
+        r#"{"healthy": false, "reason": "maintenance", "source": "change-42"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["service"], "www.gslb.test");
+    assert_eq!(v["address"], "192.0.2.1");
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["source"], "change-42");
+    assert_eq!(v["authority"], "alice@127.0.0.1");
+    assert!(
+        s.state.stream.current().generation > before,
+        "a new snapshot is published at once"
+    );
+
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/overrides/www.gslb.test/192.0.2.1", None, "").await;
+    assert_eq!((st, v["reason"].as_str()), (StatusCode::OK, Some("maintenance")));
+    let (_, v) = call(&s.router, Method::GET, "/api/v1/overrides", None, "").await;
+    assert_eq!(v["overrides"].as_array().unwrap().len(), 1);
+
+    let (_, v) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/overwatch/backends?service=www.gslb.test&status=unhealthy",
+        None,
+        "",
+    )
+    .await;
+    let b = v["backends"].as_array().unwrap();
+    assert_eq!(b.len(), 1, "{v}");
+    assert_eq!(b[0]["address"], "192.0.2.1");
+    assert_eq!(b[0]["source"], "override");
+    assert_eq!(b[0]["override_by"], "alice@127.0.0.1");
+    let (_, v) = call(&s.router, Method::GET, "/api/v1/overwatch/stats", None, "").await;
+    assert_eq!(v["active_overrides"], 1);
+    assert_eq!(v["total_backends"], 3);
+    assert_eq!(v["healthy_backends"], 2);
+
+    let (st, v) = call(&s.router, Method::DELETE, path, Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let (st, v) = call(&s.router, Method::DELETE, path, Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_error(&v, st);
+    let (st, _) = call(&s.router, Method::GET, path, None, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    let (_, v) = call(&s.router, Method::GET, "/api/v1/audit", None, "").await;
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{v}");
+    assert_eq!(entries[0]["action"], "override.delete");
+    assert_eq!(entries[1]["action"], "override.set");
+    assert_eq!(entries[1]["actor"], "alice");
+    assert_eq!(entries[1]["source"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn hostile_and_malformed_input() {
+    let s = setup().await;
+    let put = |path: &'static str, body: &'static str| {
+        let router = s.router.clone();
+        async move { call(&router, Method::PUT, path, Some(TOKEN), body).await }
+    };
+    let ok_path = "/api/v1/overrides/www.gslb.test/192.0.2.1";
+    for (path, body, want) in [
+        (ok_path, "{not json", StatusCode::BAD_REQUEST),
+        (ok_path, r#"{"healthy": "no", "source": "x"}"#, StatusCode::BAD_REQUEST),
+        (ok_path, r#"{"healthy": false, "source": "x", "evil": 1}"#, StatusCode::BAD_REQUEST),
+        (ok_path, r#"{"healthy": false}"#, StatusCode::BAD_REQUEST),
+        ("/api/v1/overrides/nowhere.gslb.test/192.0.2.1", r#"{"source": "x"}"#, StatusCode::NOT_FOUND),
+        ("/api/v1/overrides/www.gslb.test/192.0.2.99", r#"{"source": "x"}"#, StatusCode::NOT_FOUND),
+        ("/api/v1/overrides/www.gslb.test/192.0.2.1:8080", r#"{"source": "x"}"#, StatusCode::NOT_FOUND),
+        ("/api/v1/overrides/www.gslb.test/not-an-ip", r#"{"source": "x"}"#, StatusCode::BAD_REQUEST),
+        ("/api/v1/overrides/..%2F..%2Fetc%2Fpasswd/192.0.2.1", r#"{"source": "x"}"#, StatusCode::BAD_REQUEST),
+        ("/api/v1/overrides/x'%3B%20DROP%20TABLE%20overrides%3B--/192.0.2.1", r#"{"source": "x"}"#, StatusCode::BAD_REQUEST),
+        ("/api/v1/overrides/%FF%FE/192.0.2.1", r#"{"source": "x"}"#, StatusCode::BAD_REQUEST),
+    ] {
+        let (st, v) = put(path, body).await;
+        assert_eq!(st, want, "{path} {body}: {v}");
+        assert_error(&v, st);
+    }
+    let huge = vec![b'a'; rest::MAX_BODY + 1];
+    let (st, v) = call(&s.router, Method::PUT, ok_path, Some(TOKEN), huge.clone()).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_error(&v, st);
+    let (st, _) = call(&s.router, Method::POST, "/api/v1/overwatch/validate", Some(TOKEN), huge).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/overwatch/validate",
+        Some(TOKEN),
+        vec![0xff, 0xfe, 0x00],
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(s.state.overrides.is_empty(), "nothing was stored");
+    assert_eq!(s.state.store.audit_count().await.unwrap(), 0);
+
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/nope", None, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_error(&v, st);
+    let (st, v) = call(&s.router, Method::PATCH, "/api/v1/overrides", Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&v, st);
+    let (st, _) = call(&s.router, Method::GET, "/api/v1/overwatch/backends?status=weird", None, "").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = call(&s.router, Method::GET, "/api/v1/overwatch/backends?bogus=1", None, "").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = call(&s.router, Method::GET, "/api/v1/audit?limit=abc", None, "").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn geo_lookup_and_mappings() {
+    let s = setup().await;
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/geo/test?ip=203.0.113.7", None, "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!((v["region"].as_str(), v["source"].as_str()), (Some("eu"), Some("custom_mapping")));
+    let (_, v) = call(&s.router, Method::GET, "/api/v1/geo/lookup?ip=192.0.2.9", None, "").await;
+    assert_eq!((v["region"].as_str(), v["source"].as_str()), (Some("local"), Some("default_region")));
+    for bad in ["/api/v1/geo/test", "/api/v1/geo/test?ip=999.1.1.1", "/api/v1/geo/test?ip=%FF"] {
+        let (st, v) = call(&s.router, Method::GET, bad, None, "").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+
+    let add = r#"{"cidr": "192.0.2.77/24", "region": "eu", "comment": "partner"}"#;
+    let (st, v) = call(&s.router, Method::POST, "/api/v1/geo/mappings", Some(TOKEN), add).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["cidr"], "192.0.2.0/24");
+    let (st, _) = call(&s.router, Method::POST, "/api/v1/geo/mappings", Some(TOKEN), add).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/geo/mappings",
+        Some(TOKEN),
+        r#"{"cidr": "10.0.0.0/8", "region": "mars"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (st, _) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/geo/mappings",
+        Some(TOKEN),
+        r#"{"cidr": "203.0.113.0/24", "region": "local"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CONFLICT, "config mapping");
+    let (_, v) = call(&s.router, Method::GET, "/api/v1/geo/test?ip=192.0.2.9", None, "").await;
+    assert_eq!((v["region"].as_str(), v["source"].as_str()), (Some("eu"), Some("runtime_mapping")));
+    let (_, v) = call(&s.router, Method::GET, "/api/v1/geo/mappings", None, "").await;
+    assert_eq!(v["mappings"].as_array().unwrap().len(), 2, "{v}");
+
+    let (st, _) = call(&s.router, Method::DELETE, "/api/v1/geo/mappings/192.0.2.0%2F24", Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = call(&s.router, Method::DELETE, "/api/v1/geo/mappings/192.0.2.0%2F24", Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&s.router, Method::DELETE, "/api/v1/geo/mappings/203.0.113.0%2F24", Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, _) = call(&s.router, Method::DELETE, "/api/v1/geo/mappings/nonsense", Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(s.state.store.audit_count().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn validate_and_reload() {
+    let s = setup().await;
+    let (st, v) = call(&s.router, Method::POST, "/api/v1/overwatch/validate", Some(TOKEN), CONFIG).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["valid"], true, "{v}");
+    let bad = "domains:\n  - name: www.gslb.test\n    routing_algorithm: fastest\n";
+    let (st, v) = call(&s.router, Method::POST, "/api/v1/overwatch/validate", Some(TOKEN), bad).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["valid"], false);
+    let first = v["errors"][0].as_str().unwrap();
+    assert!(first.starts_with("request.yaml:3:"), "{first}");
+    assert!(first.contains("routing_algorithm"), "{first}");
+
+    let (st, v) = call(&s.router, Method::POST, "/api/v1/config/reload", Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["reloaded"], true);
+    let path: PathBuf = s.dir.path().join("gslb.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let generation = s.state.stream.current().generation;
+    let (st, v) = call(&s.router, Method::POST, "/api/v1/config/reload", Some(TOKEN), "").await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["errors"][0].as_str().unwrap().contains("gslb.yaml:3"), "{v}");
+    assert_eq!(s.state.stream.current().generation, generation, "nothing changed");
+}
