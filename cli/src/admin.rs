@@ -265,16 +265,19 @@ async fn run_async(cmd: Command, conn: &Connection, config: Option<&Path>) -> Re
             source,
         }) => {
             let o = client
-                .set_override(authorized(token, SetOverrideRequest {
-                    r#override: Some(Override {
-                        service,
-                        address,
-                        healthy,
-                        reason,
-                        source,
-                        created_unix: 0,
-                    }),
-                })?)
+                .set_override(authorized(
+                    token,
+                    SetOverrideRequest {
+                        r#override: Some(Override {
+                            service,
+                            address,
+                            healthy,
+                            reason,
+                            source,
+                            created_unix: 0,
+                        }),
+                    },
+                )?)
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -282,10 +285,13 @@ async fn run_async(cmd: Command, conn: &Connection, config: Option<&Path>) -> Re
         }
         Command::Overrides(OverridesCmd::Delete { service, address }) => {
             client
-                .delete_override(authorized(token, DeleteOverrideRequest {
-                    service: service.clone(),
-                    address: address.clone(),
-                })?)
+                .delete_override(authorized(
+                    token,
+                    DeleteOverrideRequest {
+                        service: service.clone(),
+                        address: address.clone(),
+                    },
+                )?)
                 .await
                 .map_err(rpc)?;
             emit_pairs(
@@ -318,15 +324,18 @@ async fn run_async(cmd: Command, conn: &Connection, config: Option<&Path>) -> Re
             comment,
         }) => {
             let m = client
-                .add_geo_mapping(authorized(token, AddGeoMappingRequest {
-                    mapping: Some(GeoMapping {
-                        cidr,
-                        region,
-                        comment,
-                        source: String::new(),
-                        created_unix: 0,
-                    }),
-                })?)
+                .add_geo_mapping(authorized(
+                    token,
+                    AddGeoMappingRequest {
+                        mapping: Some(GeoMapping {
+                            cidr,
+                            region,
+                            comment,
+                            source: String::new(),
+                            created_unix: 0,
+                        }),
+                    },
+                )?)
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -334,7 +343,10 @@ async fn run_async(cmd: Command, conn: &Connection, config: Option<&Path>) -> Re
         }
         Command::Geo(GeoCmd::Remove { cidr }) => {
             client
-                .remove_geo_mapping(authorized(token, RemoveGeoMappingRequest { cidr: cidr.clone() })?)
+                .remove_geo_mapping(authorized(
+                    token,
+                    RemoveGeoMappingRequest { cidr: cidr.clone() },
+                )?)
                 .await
                 .map_err(rpc)?;
             emit_pairs(out, &json!({"deleted": true, "cidr": cidr}));
@@ -385,7 +397,10 @@ async fn run_async(cmd: Command, conn: &Connection, config: Option<&Path>) -> Re
             while let Some(ev) = stream.message().await.map_err(rpc)? {
                 let Some(s) = ev.server else { continue };
                 match out {
-                    Output::Json => println!("{}", json!({"at_unix_ms": ev.at_unix_ms, "server": server_json(&s)})),
+                    Output::Json => println!(
+                        "{}",
+                        json!({"at_unix_ms": ev.at_unix_ms, "server": server_json(&s)})
+                    ),
                     Output::Table => println!(
                         "{} {} {}:{} {} ({}{})",
                         ev.at_unix_ms,
@@ -470,7 +485,9 @@ fn emit_servers(out: Output, servers: &[Server]) {
             json!({"servers": servers.iter().map(server_json).collect::<Vec<_>>()})
         ),
         Output::Table => print_table(
-            &["SERVICE", "ADDRESS", "PORT", "REGION", "WEIGHT", "STATUS", "SOURCE", "REASON"],
+            &[
+                "SERVICE", "ADDRESS", "PORT", "REGION", "WEIGHT", "STATUS", "SOURCE", "REASON",
+            ],
             &servers
                 .iter()
                 .map(|s| {

@@ -98,7 +98,11 @@ fn main() -> ExitCode {
         Cmd::Up { state_dir } => up(&config_path(args.config.clone()), &state_dir),
         Cmd::Validate => validate(&config_path(args.config.clone())),
         Cmd::Config {
-            command: admin::ConfigCmd::Validate { file, remote: false },
+            command:
+                admin::ConfigCmd::Validate {
+                    file,
+                    remote: false,
+                },
         } => validate(&file),
         Cmd::Config {
             command: admin::ConfigCmd::Validate { file, remote: true },

@@ -59,7 +59,10 @@ mod tests {
     fn aligned() {
         let t = render_table(
             &["A", "LONGER"],
-            &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
         );
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
     }

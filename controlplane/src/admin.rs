@@ -12,10 +12,9 @@ use opengslb_proto::{
     AddGeoMappingRequest, DeleteOverrideRequest, DeleteOverrideResponse, GeoLookupRequest,
     GeoLookupResponse, GeoMapping, GetDsRequest, GetDsResponse, GetStatusRequest,
     GetStatusResponse, HealthEvent, ListGeoMappingsRequest, ListGeoMappingsResponse,
-    ListOverridesRequest, ListOverridesResponse, ListServersRequest, ListServersResponse,
-    Override, ReloadConfigRequest, ReloadConfigResponse, RemoveGeoMappingRequest,
-    RemoveGeoMappingResponse, Server, SetOverrideRequest, ValidateConfigRequest,
-    ValidateConfigResponse, WatchHealthRequest,
+    ListOverridesRequest, ListOverridesResponse, ListServersRequest, ListServersResponse, Override,
+    ReloadConfigRequest, ReloadConfigResponse, RemoveGeoMappingRequest, RemoveGeoMappingResponse,
+    Server, SetOverrideRequest, ValidateConfigRequest, ValidateConfigResponse, WatchHealthRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -297,7 +297,12 @@ mod tests {
             k.target(),
             Some(("2001:db8::1".parse().unwrap(), Some(8080)))
         );
-        for bad in ["../../etc/passwd", "a'; DROP TABLE overrides; --", "", "a..b"] {
+        for bad in [
+            "../../etc/passwd",
+            "a'; DROP TABLE overrides; --",
+            "",
+            "a..b",
+        ] {
             assert!(matches!(
                 OverrideKey::parse(bad, "192.0.2.1"),
                 Err(InvalidOverride::Service(_))

@@ -130,8 +130,11 @@ impl State {
             .compiler
             .compile(&cfg, generation, serial, &view, SystemTime::now());
         self.stream.publish(compiled.snapshot);
-        self.metrics
-            .compiled(&view.inner.healthy_per_region, &compiled.all_down, generation);
+        self.metrics.compiled(
+            &view.inner.healthy_per_region,
+            &compiled.all_down,
+            generation,
+        );
         let at = compiled.recompile_at;
         self.recompile_at.send_if_modified(|cur| {
             let changed = *cur != at;

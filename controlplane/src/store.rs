@@ -42,8 +42,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// Embedded PostgreSQL migrations, the same versions as [`MIGRATIONS`].
 const PG_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
-    (2, include_str!("../migrations/postgres/0002_dnssec_keys.sql")),
-    (3, include_str!("../migrations/postgres/0003_overrides_geo.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_dnssec_keys.sql"),
+    ),
+    (
+        3,
+        include_str!("../migrations/postgres/0003_overrides_geo.sql"),
+    ),
 ];
 
 /// How long opening the store may wait for a connection (an unreachable or
@@ -144,10 +150,7 @@ impl Store {
             "INSERT INTO schema_migrations (version, applied_at_unix_ms) VALUES ($1, $2)";
         match &self.db {
             Db::Sqlite(pool) => {
-                sqlx::query(CREATE)
-                    .execute(pool)
-                    .await
-                    .map_err(store_err)?;
+                sqlx::query(CREATE).execute(pool).await.map_err(store_err)?;
                 for (version, sql) in MIGRATIONS {
                     let mut tx = pool.begin().await.map_err(store_err)?;
                     let done = sqlx::query(DONE)

@@ -110,7 +110,11 @@ overwatch:
   grpc_address: "{grpc}"
   data_dir: cp-data
 metrics: {enabled: true, address: "{cpmetrics}"}
+api: {address: "{api}", token_file: api.token}
 "#;
+
+/// The bearer token the harness writes to `api.token` (identity `tests`).
+pub const API_TOKEN: &str = "integration-test-token-0123456789";
 
 /// A running controlplane + dataplane pair in a temporary directory.
 pub struct Gslb {
@@ -119,6 +123,8 @@ pub struct Gslb {
     pub grpc: SocketAddr,
     pub dp_metrics: SocketAddr,
     pub cp_metrics: SocketAddr,
+    /// The REST API (`api.address`).
+    pub api: SocketAddr,
     pub config: PathBuf,
     pub dp_json: PathBuf,
     pub cp: Option<Child>,
@@ -148,6 +154,7 @@ impl Gslb {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dp_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let cp_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let big: String = (1..=40)
             .map(|i| format!("      - {{address: \"2001:db8:b16::{i:x}\", port: 80}}\n"))
             .collect();
@@ -156,11 +163,19 @@ impl Gslb {
             .replace("{grpc}", &grpc.to_string())
             .replace("{dpmetrics}", &dp_metrics.to_string())
             .replace("{cpmetrics}", &cp_metrics.to_string())
+            .replace("{api}", &api.to_string())
             .replace("{maxconn}", "16")
             .replace("{bigservers}", big.trim_end_matches('\n'));
         let text = edit(text);
         let config = dir.path().join("gslb.yaml");
         std::fs::write(&config, text).expect("write config");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let token = dir.path().join("api.token");
+            std::fs::write(&token, format!("tests:{API_TOKEN}\n")).expect("write api.token");
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod api.token");
+        }
         let out = Command::new(bin("opengslb-controlplane"))
             .arg("--config")
             .arg(&config)
@@ -180,6 +195,7 @@ impl Gslb {
             grpc,
             dp_metrics,
             cp_metrics,
+            api,
             config,
             dp_json,
             cp: None,

@@ -6,7 +6,9 @@
 
 mod harness;
 
+mod api;
 mod authoritative;
+mod dnssec;
 mod health;
 mod lifecycle;
 mod policies;

@@ -191,10 +191,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Reads a token file: a clear error when missing, empty or readable by
 /// others.
 fn read_tokens(path: &Path) -> Result<Vec<(String, String)>> {
-    let fail = |why: String| Error::Config(crate::config::ConfigError::Io {
-        path: path.to_owned(),
-        source: std::io::Error::other(format!("api.token_file: {why}")),
-    });
+    let fail = |why: String| {
+        Error::Config(crate::config::ConfigError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(format!("api.token_file: {why}")),
+        })
+    };
     let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -262,18 +264,12 @@ mod tests {
     #[test]
     fn tokens() {
         let a = access(false);
-        assert_eq!(
-            a.authorize(Some("Bearer 0123456789abcdef")).unwrap(),
-            "api"
-        );
+        assert_eq!(a.authorize(Some("Bearer 0123456789abcdef")).unwrap(), "api");
         assert_eq!(
             a.authorize(Some("Bearer alice-token-0123456")).unwrap(),
             "alice"
         );
-        assert!(matches!(
-            a.authorize(None),
-            Err(ApiError::Unauthorized(_))
-        ));
+        assert!(matches!(a.authorize(None), Err(ApiError::Unauthorized(_))));
         assert!(matches!(
             a.authorize(Some("Bearer nope")),
             Err(ApiError::Unauthorized(_))
@@ -310,7 +306,11 @@ mod tests {
         let path = dir.path().join("tokens");
         let missing = read_tokens(&path).unwrap_err().to_string();
         assert!(missing.contains("api.token_file"), "{missing}");
-        std::fs::write(&path, "# ops\nalice: alice-token-0123456\n0123456789abcdef\n").unwrap();
+        std::fs::write(
+            &path,
+            "# ops\nalice: alice-token-0123456\n0123456789abcdef\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let open = read_tokens(&path).unwrap_err().to_string();
         assert!(open.contains("readable by others"), "{open}");

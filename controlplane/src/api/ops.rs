@@ -3,13 +3,7 @@
 //! messages. Every change is validated before it touches anything, written
 //! to the store first, audited, and published as a new snapshot at once.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    path::Path,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc, time::SystemTime};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -368,8 +362,8 @@ pub async fn servers(app: &App) -> Result<Vec<ServerStatus>, ApiError> {
     let mut out = Vec::new();
     for (ri, region) in cfg.regions.iter().enumerate() {
         for (si, server) in region.servers.iter().enumerate() {
-            let probed =
-                cfg.overwatch.validation.enabled && region.health_check.kind != HealthCheckType::None;
+            let probed = cfg.overwatch.validation.enabled
+                && region.health_check.kind != HealthCheckType::None;
             let status = if probed {
                 state.health.status(&cfg, ri, si)
             } else {
@@ -467,7 +461,11 @@ pub fn backends_of(state: &State, cfg: &Config, filter: &BackendFilter) -> Vec<B
         .service
         .as_deref()
         .filter(|s| !s.is_empty())
-        .map(|s| DnsName::parse(s).map(|n| n.as_str().to_owned()).unwrap_or_default());
+        .map(|s| {
+            DnsName::parse(s)
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default()
+        });
     let mut out = Vec::new();
     for domain in &cfg.domains {
         if service.as_ref().is_some_and(|s| s != domain.name.as_str()) {
@@ -541,7 +539,10 @@ pub fn backends_of(state: &State, cfg: &Config, filter: &BackendFilter) -> Vec<B
                     source,
                     reason,
                     validation_healthy,
-                    validation_last_check: status.as_ref().and_then(|s| s.last_checked).map(rfc3339),
+                    validation_last_check: status
+                        .as_ref()
+                        .and_then(|s| s.last_checked)
+                        .map(rfc3339),
                     validation_error,
                     override_status: ovr.map(|o| o.healthy),
                     override_reason: ovr.map(|o| o.reason.clone()).unwrap_or_default(),
@@ -557,7 +558,12 @@ pub fn backends_of(state: &State, cfg: &Config, filter: &BackendFilter) -> Vec<B
 /// Every override.
 pub async fn list_overrides(app: &App) -> Result<Vec<OverrideView>, ApiError> {
     let state = app.state()?;
-    Ok(state.overrides.current().values().map(override_view).collect())
+    Ok(state
+        .overrides
+        .current()
+        .values()
+        .map(override_view)
+        .collect())
 }
 
 /// One override.
@@ -579,9 +585,9 @@ pub async fn get_override(
 /// own files on the caller's behalf).
 pub fn validate(text: &str) -> Validation {
     if let Ok(serde_yaml::Value::Mapping(m)) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        let has_includes = m
-            .get("includes")
-            .is_some_and(|v| !matches!(v, serde_yaml::Value::Null) && v.as_sequence().is_none_or(|s| !s.is_empty()));
+        let has_includes = m.get("includes").is_some_and(|v| {
+            !matches!(v, serde_yaml::Value::Null) && v.as_sequence().is_none_or(|s| !s.is_empty())
+        });
         if has_includes {
             return Validation {
                 valid: false,
@@ -614,7 +620,10 @@ pub fn validate(text: &str) -> Validation {
 pub async fn geo_lookup(app: &App, ip: &str) -> Result<GeoAnswer, ApiError> {
     let state = app.state()?;
     let addr: IpAddr = ip.trim().parse().map_err(|_| {
-        ApiError::BadRequest(format!("invalid ip {:?}: expected an IP address", truncate(ip)))
+        ApiError::BadRequest(format!(
+            "invalid ip {:?}: expected an IP address",
+            truncate(ip)
+        ))
     })?;
     let cfg = state.config.lock().await.clone();
     let runtime = app.geo_mappings();
@@ -677,15 +686,19 @@ pub async fn geo_mappings(app: &App) -> Result<Vec<GeoMappingView>, ApiError> {
             created_at: Some(rfc3339_ms(m.created_at_unix_ms)),
         })
         .collect();
-    out.extend(cfg.overwatch.geolocation.custom_mappings.iter().map(|m| {
-        GeoMappingView {
-            cidr: m.cidr.trunc().to_string(),
-            region: m.region.clone(),
-            comment: m.comment.clone().unwrap_or_default(),
-            source: "config",
-            created_at: None,
-        }
-    }));
+    out.extend(
+        cfg.overwatch
+            .geolocation
+            .custom_mappings
+            .iter()
+            .map(|m| GeoMappingView {
+                cidr: m.cidr.trunc().to_string(),
+                region: m.region.clone(),
+                comment: m.comment.clone().unwrap_or_default(),
+                source: "config",
+                created_at: None,
+            }),
+    );
     Ok(out)
 }
 
@@ -778,7 +791,9 @@ pub async fn delete_override(
 /// Reloads the config file.
 pub async fn reload(app: &App, caller: &Caller) -> Result<Reloaded, ApiError> {
     let state = app.state()?;
-    let generation = state.reload(&format!("{}@{}", caller.who, caller.from)).await?;
+    let generation = state
+        .reload(&format!("{}@{}", caller.who, caller.from))
+        .await?;
     Ok(Reloaded {
         reloaded: true,
         generation,
@@ -839,7 +854,8 @@ pub async fn add_geo_mapping(
         return Err(ApiError::Conflict(format!("{net} is already mapped")));
     }
     app.reload_geo(&state).await?;
-    let detail = serde_json::json!({"cidr": row.cidr, "region": row.region, "comment": row.comment});
+    let detail =
+        serde_json::json!({"cidr": row.cidr, "region": row.region, "comment": row.comment});
     audit_change(&state, caller, "geo.mapping.add", &detail).await;
     Ok(GeoMappingView {
         cidr: row.cidr,
@@ -877,7 +893,13 @@ pub async fn delete_geo_mapping(app: &App, caller: &Caller, cidr: &str) -> Resul
         return Err(ApiError::NotFound(format!("no runtime mapping for {net}")));
     }
     app.reload_geo(&state).await?;
-    audit_change(&state, caller, "geo.mapping.delete", &serde_json::json!({"cidr": net.to_string()})).await;
+    audit_change(
+        &state,
+        caller,
+        "geo.mapping.delete",
+        &serde_json::json!({"cidr": net.to_string()}),
+    )
+    .await;
     Ok(())
 }
 
@@ -931,7 +953,12 @@ async fn publish(state: &Arc<State>, reason: &'static str) -> u64 {
 async fn audit_change(state: &State, caller: &Caller, action: &str, detail: &serde_json::Value) {
     if let Err(e) = state
         .store
-        .audit(&caller.who, &caller.from.to_string(), action, &detail.to_string())
+        .audit(
+            &caller.who,
+            &caller.from.to_string(),
+            action,
+            &detail.to_string(),
+        )
         .await
     {
         tracing::error!(error = %e, action, "audit record not written");

@@ -165,11 +165,7 @@ async fn version() -> Response {
 }
 
 async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn health_servers(State(app): State<App>) -> Reply {
@@ -249,9 +245,8 @@ struct IpQuery {
 
 async fn geo_lookup(State(app): State<App>, q: Result<Query<IpQuery>, QueryRejection>) -> Reply {
     let Query(q) = q.map_err(query_rejection)?;
-    let ip = q
-        .ip
-        .ok_or_else(|| ApiError::BadRequest("the ip query parameter is required".into()))?;
+    let ip =
+        q.ip.ok_or_else(|| ApiError::BadRequest("the ip query parameter is required".into()))?;
     Ok(Json(ops::geo_lookup(&app, &ip).await?).into_response())
 }
 
@@ -319,9 +314,7 @@ fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
 
 fn body_rejection(r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge(format!(
-            "the request body is larger than {MAX_BODY} bytes"
-        ))
+        ApiError::PayloadTooLarge(format!("the request body is larger than {MAX_BODY} bytes"))
     } else {
         ApiError::BadRequest(r.body_text())
     }

@@ -152,8 +152,14 @@ fn openapi_documents_exactly_the_routes() {
         .collect();
     let missing: Vec<_> = routed.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&routed).collect();
-    assert!(missing.is_empty(), "routes missing from openapi.json: {missing:?}");
-    assert!(extra.is_empty(), "openapi.json documents unknown routes: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from openapi.json: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "openapi.json documents unknown routes: {extra:?}"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +182,10 @@ async fn every_route_is_routed() {
 async fn probes_version_and_readiness() {
     let s = setup().await;
     let (st, v) = call(&s.router, Method::GET, "/api/v1/live", None, "").await;
-    assert_eq!((st, v["alive"].clone()), (StatusCode::OK, Value::Bool(true)));
+    assert_eq!(
+        (st, v["alive"].clone()),
+        (StatusCode::OK, Value::Bool(true))
+    );
     let (st, v) = call(&s.router, Method::GET, "/api/v1/ready", None, "").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["ready"], true);
@@ -208,7 +217,16 @@ async fn probes_version_and_readiness() {
 async fn allowlist_and_tokens() {
     let s = setup().await;
     let far = "203.0.113.5:5000";
-    let (st, v) = call_from(&s.router, far, Method::GET, "/api/v1/overrides", None, "", &[]).await;
+    let (st, v) = call_from(
+        &s.router,
+        far,
+        Method::GET,
+        "/api/v1/overrides",
+        None,
+        "",
+        &[],
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     assert_error(&v, st);
     // Proxy headers are not trusted by default.
@@ -232,7 +250,14 @@ async fn allowlist_and_tokens() {
     let (st, v) = call(&s.router, Method::PUT, path, None, body).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert_error(&v, st);
-    let (st, _) = call(&s.router, Method::PUT, path, Some("wrong-token-0123456789"), body).await;
+    let (st, _) = call(
+        &s.router,
+        Method::PUT,
+        path,
+        Some("wrong-token-0123456789"),
+        body,
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, _) = call(&s.router, Method::POST, "/api/v1/config/reload", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
@@ -269,8 +294,18 @@ async fn override_lifecycle_publishes_and_audits() {
         "a new snapshot is published at once"
     );
 
-    let (st, v) = call(&s.router, Method::GET, "/api/v1/overrides/www.gslb.test/192.0.2.1", None, "").await;
-    assert_eq!((st, v["reason"].as_str()), (StatusCode::OK, Some("maintenance")));
+    let (st, v) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/overrides/www.gslb.test/192.0.2.1",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (st, v["reason"].as_str()),
+        (StatusCode::OK, Some("maintenance"))
+    );
     let (_, v) = call(&s.router, Method::GET, "/api/v1/overrides", None, "").await;
     assert_eq!(v["overrides"].as_array().unwrap().len(), 1);
 
@@ -319,16 +354,52 @@ async fn hostile_and_malformed_input() {
     let ok_path = "/api/v1/overrides/www.gslb.test/192.0.2.1";
     for (path, body, want) in [
         (ok_path, "{not json", StatusCode::BAD_REQUEST),
-        (ok_path, r#"{"healthy": "no", "source": "x"}"#, StatusCode::BAD_REQUEST),
-        (ok_path, r#"{"healthy": false, "source": "x", "evil": 1}"#, StatusCode::BAD_REQUEST),
+        (
+            ok_path,
+            r#"{"healthy": "no", "source": "x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            ok_path,
+            r#"{"healthy": false, "source": "x", "evil": 1}"#,
+            StatusCode::BAD_REQUEST,
+        ),
         (ok_path, r#"{"healthy": false}"#, StatusCode::BAD_REQUEST),
-        ("/api/v1/overrides/nowhere.gslb.test/192.0.2.1", r#"{"source": "x"}"#, StatusCode::NOT_FOUND),
-        ("/api/v1/overrides/www.gslb.test/192.0.2.99", r#"{"source": "x"}"#, StatusCode::NOT_FOUND),
-        ("/api/v1/overrides/www.gslb.test/192.0.2.1:8080", r#"{"source": "x"}"#, StatusCode::NOT_FOUND),
-        ("/api/v1/overrides/www.gslb.test/not-an-ip", r#"{"source": "x"}"#, StatusCode::BAD_REQUEST),
-        ("/api/v1/overrides/..%2F..%2Fetc%2Fpasswd/192.0.2.1", r#"{"source": "x"}"#, StatusCode::BAD_REQUEST),
-        ("/api/v1/overrides/x'%3B%20DROP%20TABLE%20overrides%3B--/192.0.2.1", r#"{"source": "x"}"#, StatusCode::BAD_REQUEST),
-        ("/api/v1/overrides/%FF%FE/192.0.2.1", r#"{"source": "x"}"#, StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/overrides/nowhere.gslb.test/192.0.2.1",
+            r#"{"source": "x"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v1/overrides/www.gslb.test/192.0.2.99",
+            r#"{"source": "x"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v1/overrides/www.gslb.test/192.0.2.1:8080",
+            r#"{"source": "x"}"#,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v1/overrides/www.gslb.test/not-an-ip",
+            r#"{"source": "x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/overrides/..%2F..%2Fetc%2Fpasswd/192.0.2.1",
+            r#"{"source": "x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/overrides/x'%3B%20DROP%20TABLE%20overrides%3B--/192.0.2.1",
+            r#"{"source": "x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/overrides/%FF%FE/192.0.2.1",
+            r#"{"source": "x"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let (st, v) = put(path, body).await;
         assert_eq!(st, want, "{path} {body}: {v}");
@@ -338,7 +409,14 @@ async fn hostile_and_malformed_input() {
     let (st, v) = call(&s.router, Method::PUT, ok_path, Some(TOKEN), huge.clone()).await;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert_error(&v, st);
-    let (st, _) = call(&s.router, Method::POST, "/api/v1/overwatch/validate", Some(TOKEN), huge).await;
+    let (st, _) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/overwatch/validate",
+        Some(TOKEN),
+        huge,
+    )
+    .await;
     assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
     let (st, v) = call(
         &s.router,
@@ -355,12 +433,33 @@ async fn hostile_and_malformed_input() {
     let (st, v) = call(&s.router, Method::GET, "/api/v1/nope", None, "").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_error(&v, st);
-    let (st, v) = call(&s.router, Method::PATCH, "/api/v1/overrides", Some(TOKEN), "").await;
+    let (st, v) = call(
+        &s.router,
+        Method::PATCH,
+        "/api/v1/overrides",
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
     assert_error(&v, st);
-    let (st, _) = call(&s.router, Method::GET, "/api/v1/overwatch/backends?status=weird", None, "").await;
+    let (st, _) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/overwatch/backends?status=weird",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    let (st, _) = call(&s.router, Method::GET, "/api/v1/overwatch/backends?bogus=1", None, "").await;
+    let (st, _) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/overwatch/backends?bogus=1",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     let (st, _) = call(&s.router, Method::GET, "/api/v1/audit?limit=abc", None, "").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
@@ -369,21 +468,59 @@ async fn hostile_and_malformed_input() {
 #[tokio::test]
 async fn geo_lookup_and_mappings() {
     let s = setup().await;
-    let (st, v) = call(&s.router, Method::GET, "/api/v1/geo/test?ip=203.0.113.7", None, "").await;
+    let (st, v) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/geo/test?ip=203.0.113.7",
+        None,
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!((v["region"].as_str(), v["source"].as_str()), (Some("eu"), Some("custom_mapping")));
-    let (_, v) = call(&s.router, Method::GET, "/api/v1/geo/lookup?ip=192.0.2.9", None, "").await;
-    assert_eq!((v["region"].as_str(), v["source"].as_str()), (Some("local"), Some("default_region")));
-    for bad in ["/api/v1/geo/test", "/api/v1/geo/test?ip=999.1.1.1", "/api/v1/geo/test?ip=%FF"] {
+    assert_eq!(
+        (v["region"].as_str(), v["source"].as_str()),
+        (Some("eu"), Some("custom_mapping"))
+    );
+    let (_, v) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/geo/lookup?ip=192.0.2.9",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (v["region"].as_str(), v["source"].as_str()),
+        (Some("local"), Some("default_region"))
+    );
+    for bad in [
+        "/api/v1/geo/test",
+        "/api/v1/geo/test?ip=999.1.1.1",
+        "/api/v1/geo/test?ip=%FF",
+    ] {
         let (st, v) = call(&s.router, Method::GET, bad, None, "").await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
 
     let add = r#"{"cidr": "192.0.2.77/24", "region": "eu", "comment": "partner"}"#;
-    let (st, v) = call(&s.router, Method::POST, "/api/v1/geo/mappings", Some(TOKEN), add).await;
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/geo/mappings",
+        Some(TOKEN),
+        add,
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["cidr"], "192.0.2.0/24");
-    let (st, _) = call(&s.router, Method::POST, "/api/v1/geo/mappings", Some(TOKEN), add).await;
+    let (st, _) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/geo/mappings",
+        Some(TOKEN),
+        add,
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT);
     let (st, v) = call(
         &s.router,
@@ -403,18 +540,56 @@ async fn geo_lookup_and_mappings() {
     )
     .await;
     assert_eq!(st, StatusCode::CONFLICT, "config mapping");
-    let (_, v) = call(&s.router, Method::GET, "/api/v1/geo/test?ip=192.0.2.9", None, "").await;
-    assert_eq!((v["region"].as_str(), v["source"].as_str()), (Some("eu"), Some("runtime_mapping")));
+    let (_, v) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/geo/test?ip=192.0.2.9",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (v["region"].as_str(), v["source"].as_str()),
+        (Some("eu"), Some("runtime_mapping"))
+    );
     let (_, v) = call(&s.router, Method::GET, "/api/v1/geo/mappings", None, "").await;
     assert_eq!(v["mappings"].as_array().unwrap().len(), 2, "{v}");
 
-    let (st, _) = call(&s.router, Method::DELETE, "/api/v1/geo/mappings/192.0.2.0%2F24", Some(TOKEN), "").await;
+    let (st, _) = call(
+        &s.router,
+        Method::DELETE,
+        "/api/v1/geo/mappings/192.0.2.0%2F24",
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let (st, _) = call(&s.router, Method::DELETE, "/api/v1/geo/mappings/192.0.2.0%2F24", Some(TOKEN), "").await;
+    let (st, _) = call(
+        &s.router,
+        Method::DELETE,
+        "/api/v1/geo/mappings/192.0.2.0%2F24",
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = call(&s.router, Method::DELETE, "/api/v1/geo/mappings/203.0.113.0%2F24", Some(TOKEN), "").await;
+    let (st, _) = call(
+        &s.router,
+        Method::DELETE,
+        "/api/v1/geo/mappings/203.0.113.0%2F24",
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT);
-    let (st, _) = call(&s.router, Method::DELETE, "/api/v1/geo/mappings/nonsense", Some(TOKEN), "").await;
+    let (st, _) = call(
+        &s.router,
+        Method::DELETE,
+        "/api/v1/geo/mappings/nonsense",
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert_eq!(s.state.store.audit_count().await.unwrap(), 2);
 }
@@ -422,25 +597,60 @@ async fn geo_lookup_and_mappings() {
 #[tokio::test]
 async fn validate_and_reload() {
     let s = setup().await;
-    let (st, v) = call(&s.router, Method::POST, "/api/v1/overwatch/validate", Some(TOKEN), CONFIG).await;
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/overwatch/validate",
+        Some(TOKEN),
+        CONFIG,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["valid"], true, "{v}");
     let bad = "domains:\n  - name: www.gslb.test\n    routing_algorithm: fastest\n";
-    let (st, v) = call(&s.router, Method::POST, "/api/v1/overwatch/validate", Some(TOKEN), bad).await;
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/overwatch/validate",
+        Some(TOKEN),
+        bad,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["valid"], false);
     let first = v["errors"][0].as_str().unwrap();
     assert!(first.starts_with("request.yaml:3:"), "{first}");
     assert!(first.contains("routing_algorithm"), "{first}");
 
-    let (st, v) = call(&s.router, Method::POST, "/api/v1/config/reload", Some(TOKEN), "").await;
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/config/reload",
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["reloaded"], true);
     let path: PathBuf = s.dir.path().join("gslb.yaml");
     std::fs::write(&path, bad).unwrap();
     let generation = s.state.stream.current().generation;
-    let (st, v) = call(&s.router, Method::POST, "/api/v1/config/reload", Some(TOKEN), "").await;
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/config/reload",
+        Some(TOKEN),
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert!(v["errors"][0].as_str().unwrap().contains("gslb.yaml:3"), "{v}");
-    assert_eq!(s.state.stream.current().generation, generation, "nothing changed");
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("gslb.yaml:3"),
+        "{v}"
+    );
+    assert_eq!(
+        s.state.stream.current().generation,
+        generation,
+        "nothing changed"
+    );
 }

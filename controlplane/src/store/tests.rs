@@ -64,7 +64,12 @@ async fn meta_and_audit_survive_reopen() {
                 .await
                 .unwrap();
             store
-                .audit("ops'; DROP TABLE audit_log; --", "::1", "override.set", "{\"x\":1}")
+                .audit(
+                    "ops'; DROP TABLE audit_log; --",
+                    "::1",
+                    "override.set",
+                    "{\"x\":1}",
+                )
                 .await
                 .unwrap();
         }
