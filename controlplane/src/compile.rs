@@ -23,10 +23,10 @@ use opengslb_proto::{
     WhenAllDown, Zone,
 };
 
-use crate::dnssec::{Dnssec, Signer};
 use crate::config::{
     Config, DnsName, DomainConfig, HealthCheckType, RoutingAlgorithm, ServerRef, WhenAllDownConfig,
 };
+use crate::dnssec::{Dnssec, Signer};
 
 pub mod wire;
 

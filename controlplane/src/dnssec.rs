@@ -293,8 +293,8 @@ impl Dnssec {
         if !self.enabled() {
             return Err(Error::Dnssec("DNSSEC is off".to_owned()));
         }
-        let name = DnsName::parse(zone)
-            .map_err(|e| Error::Dnssec(format!("zone {zone:?}: {e}")))?;
+        let name =
+            DnsName::parse(zone).map_err(|e| Error::Dnssec(format!("zone {zone:?}: {e}")))?;
         let ring = self.keyring();
         let keys = ring
             .keys(&name.to_wire())
@@ -390,7 +390,11 @@ impl Dnssec {
 // === functions ===
 
 /// A stored key, decrypted when sealed.
-fn load_key(zone: &DnsName, row: &DnssecKeyRow, kek: Option<&[u8; keys::KEK_LEN]>) -> Result<ZoneKey> {
+fn load_key(
+    zone: &DnsName,
+    row: &DnssecKeyRow,
+    kek: Option<&[u8; keys::KEK_LEN]>,
+) -> Result<ZoneKey> {
     let corrupt = |reason: &str| {
         dnssec_err(KeyError::Corrupt {
             zone: zone.to_string(),

@@ -100,6 +100,20 @@ fn dataplane_settings(cfg: &Config) -> String {
             "max_connections": dp.tcp.max_connections,
         },
         "logging": {"level": level, "format": format},
+        "rrl": {
+            "enabled": dp.rrl.enabled,
+            "responses_per_second": dp.rrl.responses_per_second,
+            "ipv4_prefix": dp.rrl.ipv4_prefix,
+            "ipv6_prefix": dp.rrl.ipv6_prefix,
+            "slip": dp.rrl.slip,
+            "window_secs": dp.rrl.window.get().as_secs(),
+            "exempt": dp.rrl.exempt.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "cookies": {
+            "enabled": dp.cookies.enabled,
+            "secret_file": dp.cookies.secret_file,
+            "rotate_secs": dp.cookies.rotate.get().as_secs().max(1),
+        },
     });
     serde_json::to_string_pretty(&settings).unwrap_or_default()
 }

@@ -97,6 +97,9 @@ pub struct WorkerState {
     rng: Rng,
     /// Which stripe of the decision counters this worker writes.
     stripe: usize,
+    /// DNS cookies: the secrets, the client and clock of the query, and
+    /// whether its server cookie was valid (read by RRL).
+    pub cookies: crate::cookie::CookieState,
 }
 
 /// The writer ran out of room (the reply will be truncated).
@@ -165,6 +168,7 @@ impl WorkerState {
             rotation: 0,
             rng: Rng::new(h.finish()),
             stripe: index,
+            cookies: crate::cookie::CookieState::default(),
         }
     }
 
@@ -207,7 +211,8 @@ pub fn answer(
         Ok(ok) => ok,
         Err(e) => {
             let q = e.question.as_ref();
-            return error_reply(out, reply_flags, header.id, q, e.edns, our_udp, e.rcode);
+            let cookie = state.cookies.reply(e.edns.as_ref().and_then(|e| e.cookie.as_ref()));
+            return error_reply(out, reply_flags, header.id, q, e.edns, our_udp, e.rcode, cookie);
         }
     };
 
@@ -220,8 +225,13 @@ pub fn answer(
     };
     let mut r = Reply::start(out, limit, reply_flags, header.id, Some(&q))?;
     let prefix = r.w.len;
-    // Keep room for OPT while writing records.
-    let opt_room = if edns.is_some() { OPT_LEN } else { 0 };
+    // Keep room for OPT (and its COOKIE option) while writing records.
+    let cookie = state.cookies.reply(edns.as_ref().and_then(|e| e.cookie.as_ref()));
+    let opt_room = match (edns, cookie) {
+        (None, _) => 0,
+        (Some(_), None) => OPT_LEN,
+        (Some(_), Some(c)) => OPT_LEN + c.len(),
+    };
     r.w.limit = r.w.limit.saturating_sub(opt_room);
     let dnssec_ok = edns.is_some_and(|e| e.dnssec_ok);
     if resolve(snapshot, &q, dnssec_ok, state, &mut r).is_err() {
@@ -229,7 +239,7 @@ pub fn answer(
         r.tc = true;
     }
     r.w.limit = r.w.limit.saturating_add(opt_room);
-    r.finish(edns, our_udp)
+    r.finish(edns, our_udp, cookie)
 }
 
 /// Steps 2 and 3: the query is parsed and checked; `Err` carries the
@@ -286,6 +296,7 @@ fn screen(query: &[u8], header: &Header) -> Result<(Question, Option<Edns>), Ear
 
 /// A reply with no records: header, the question if it parsed, OPT if the
 /// query had a valid one.
+#[allow(clippy::too_many_arguments)]
 fn error_reply(
     out: &mut [u8],
     reply_flags: u16,
@@ -294,6 +305,7 @@ fn error_reply(
     edns: Option<Edns>,
     our_udp: u16,
     code: u16,
+    cookie: Option<[u8; crate::cookie::OPTION_LEN]>,
 ) -> Option<usize> {
     let r = Reply::start(out, MIN_UDP, reply_flags, id, q);
     let mut r = match r {
@@ -302,7 +314,7 @@ fn error_reply(
         None => Reply::start(out, MIN_UDP, reply_flags, id, None)?,
     };
     r.rcode = code;
-    r.finish(edns, our_udp)
+    r.finish(edns, our_udp, cookie)
 }
 
 /// Looks the question up and writes the answer and authority sections.
@@ -772,20 +784,29 @@ impl<'a> Reply<'a> {
         Ok(())
     }
 
-    /// Appends OPT when the query had one, patches the header, returns the length.
-    fn finish(mut self, edns: Option<Edns>, our_udp: u16) -> Option<usize> {
+    /// Appends OPT when the query had one (with `cookie`, the COOKIE
+    /// option, as its RDATA), patches the header, returns the length.
+    fn finish(
+        mut self,
+        edns: Option<Edns>,
+        our_udp: u16,
+        cookie: Option<[u8; crate::cookie::OPTION_LEN]>,
+    ) -> Option<usize> {
         let ext = self.rcode >> 4;
         if let Some(e) = edns {
             let ttl = (u32::from(ext) << 24) | if e.dnssec_ok { 0x8000 } else { 0 };
+            let rdata: &[u8] = cookie.as_ref().map_or(&[], |c| &c[..]);
             let mut opt = [0u8; OPT_LEN];
             opt[1..3].copy_from_slice(&rtype::OPT.to_be_bytes());
             opt[3..5].copy_from_slice(&our_udp.to_be_bytes());
             opt[5..9].copy_from_slice(&ttl.to_be_bytes());
-            if self.w.put(&opt).is_err() {
+            opt[9..11].copy_from_slice(&(rdata.len() as u16).to_be_bytes());
+            if self.w.put(&opt).and_then(|()| self.w.put(rdata)).is_err() {
                 // Not even OPT fits: drop records, keep the question.
                 self.truncate(self.question_end);
                 self.tc = true;
                 self.w.put(&opt).ok()?;
+                self.w.put(rdata).ok()?;
             }
             self.arcount = self.arcount.saturating_add(1);
         }

@@ -15,10 +15,12 @@
 pub mod answer;
 pub mod cache;
 pub mod client;
+pub mod cookie;
 pub mod delta;
 pub mod error;
 pub mod handle;
 pub mod metrics;
+pub mod rrl;
 pub mod select;
 pub mod server;
 pub mod settings;

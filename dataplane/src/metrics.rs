@@ -47,6 +47,10 @@ pub struct WorkerCounters {
     pub truncated: AtomicU64,
     /// Messages that got no reply (QR=1, shorter than a header).
     pub dropped: AtomicU64,
+    /// Replies dropped by response rate limiting (UDP).
+    pub rrl_dropped: AtomicU64,
+    /// Replies sent truncated (TC=1) by response rate limiting (UDP).
+    pub rrl_slipped: AtomicU64,
 }
 
 /// All dataplane counters.
@@ -137,7 +141,19 @@ impl Metrics {
                 );
             }
         }
-        let simple: [(&str, &str, &str, u64); 8] = [
+        let simple: [(&str, &str, &str, u64); 10] = [
+            (
+                "opengslb_rrl_dropped_total",
+                "counter",
+                "Replies dropped by response rate limiting.",
+                sum(&|w| w.rrl_dropped.load(Relaxed)),
+            ),
+            (
+                "opengslb_rrl_slipped_total",
+                "counter",
+                "Replies sent truncated (TC=1) by response rate limiting.",
+                sum(&|w| w.rrl_slipped.load(Relaxed)),
+            ),
             (
                 "opengslb_dns_truncated_total",
                 "counter",

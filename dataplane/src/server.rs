@@ -41,6 +41,23 @@ pub async fn run(settings: DataplaneSettings) -> Result<()> {
         tokio::spawn(client::follow(uri, node_id.clone(), publisher.clone()));
     }
 
+    let cookies = if settings.cookies.enabled {
+        let master = crate::cookie::load_secret(settings.cookies.secret_file.as_deref())
+            .map_err(|e| crate::error::Error::Config {
+                file: settings
+                    .cookies
+                    .secret_file
+                    .as_ref()
+                    .map_or_else(|| "/dev/urandom".to_string(), |p| p.display().to_string()),
+                message: format!("cookie secret: {e}"),
+            })?;
+        Some(crate::cookie::CookieConfig {
+            master,
+            rotate_secs: settings.cookies.rotate_secs.max(1),
+        })
+    } else {
+        None
+    };
     let handle = publisher.ready().await;
     let shutdown = Arc::new(AtomicBool::new(false));
     let _threads = udp::spawn_workers(
@@ -48,6 +65,8 @@ pub async fn run(settings: DataplaneSettings) -> Result<()> {
         workers,
         handle.clone(),
         metrics.clone(),
+        &settings.rrl,
+        cookies,
         shutdown.clone(),
     )?;
     for addr in &settings.listen_addresses {
@@ -57,6 +76,7 @@ pub async fn run(settings: DataplaneSettings) -> Result<()> {
             handle.clone(),
             metrics.clone(),
             settings.tcp,
+            cookies,
         ));
     }
     tracing::info!(

@@ -33,6 +33,44 @@ pub struct DataplaneSettings {
     pub tcp: TcpSettings,
     /// `logging.level` / `logging.format`.
     pub logging: LoggingSettings,
+    /// Response rate limiting (UDP).
+    pub rrl: RrlSettings,
+    /// DNS cookies (RFC 7873, RFC 9018).
+    pub cookies: CookiesSettings,
+}
+
+/// DNS cookies ([`crate::cookie`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookiesSettings {
+    /// On by default.
+    pub enabled: bool,
+    /// Master secret (16 octets), created mode 0600 if missing; `None`: a
+    /// random secret per process (cookies then do not survive a restart
+    /// nor work across anycast nodes).
+    pub secret_file: Option<PathBuf>,
+    /// Secret rotation period in seconds.
+    pub rotate_secs: u64,
+}
+
+/// Response rate limiting ([`crate::rrl`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RrlSettings {
+    /// On by default.
+    pub enabled: bool,
+    /// Responses per second per client network and response kind.
+    pub responses_per_second: u32,
+    /// IPv4 client network prefix length.
+    pub ipv4_prefix: u8,
+    /// IPv6 client network prefix length.
+    pub ipv6_prefix: u8,
+    /// Every n-th limited response goes out truncated (TC=1); 0 = drop all.
+    pub slip: u32,
+    /// Longest debt a limited network carries, in seconds.
+    pub window_secs: u64,
+    /// Networks never limited (`addr/prefix`).
+    pub exempt: Vec<String>,
 }
 
 /// RFC 7766 connection handling.
@@ -70,6 +108,8 @@ impl Default for DataplaneSettings {
             node_id: String::new(),
             tcp: TcpSettings::default(),
             logging: LoggingSettings::default(),
+            rrl: RrlSettings::default(),
+            cookies: CookiesSettings::default(),
         }
     }
 }
@@ -110,6 +150,20 @@ impl DataplaneSettings {
         }
         if self.tcp.max_connections == 0 {
             return fail("tcp.max_connections: must be at least 1");
+        }
+        if self.rrl.ipv4_prefix > 32 || self.rrl.ipv6_prefix > 128 {
+            return fail("rrl: ipv4_prefix is at most 32, ipv6_prefix at most 128");
+        }
+        if let Some(bad) = self
+            .rrl
+            .exempt
+            .iter()
+            .find(|n| crate::rrl::Net::parse(n).is_none())
+        {
+            return fail(&format!("rrl.exempt: {bad:?} is not an address/prefix"));
+        }
+        if self.cookies.rotate_secs == 0 {
+            return fail("cookies.rotate_secs: must be at least 1");
         }
         if !["debug", "info", "warn", "error", "trace"].contains(&self.logging.level.as_str()) {
             return fail("logging.level: expected debug, info, warn or error");
@@ -167,6 +221,34 @@ impl TcpSettings {
     }
 }
 
+// === impl RrlSettings ===
+
+impl Default for RrlSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            responses_per_second: 50,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            slip: 2,
+            window_secs: 15,
+            exempt: vec!["127.0.0.0/8".to_string(), "::1/128".to_string()],
+        }
+    }
+}
+
+// === impl CookiesSettings ===
+
+impl Default for CookiesSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            secret_file: None,
+            rotate_secs: 86_400,
+        }
+    }
+}
+
 // === impl LoggingSettings ===
 
 impl Default for LoggingSettings {
@@ -214,6 +296,8 @@ mod tests {
             r#"{"controlplanes": []}"#,
             r#"{"logging": {"level": "loud", "format": "text"}}"#,
             r#"{"tcp": {"max_connections": 0}}"#,
+            r#"{"rrl": {"exempt": ["10.0.0.0/40"]}}"#,
+            r#"{"rrl": {"ipv4_prefix": 33}}"#,
         ] {
             assert!(
                 DataplaneSettings::parse(bad, std::path::Path::new("x")).is_err(),

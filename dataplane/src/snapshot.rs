@@ -521,7 +521,6 @@ impl DecisionCounter {
 // === impl Records ===
 
 impl Records {
-
     /// Number of records.
     pub(crate) fn len(&self) -> usize {
         self.ends.len()

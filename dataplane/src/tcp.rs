@@ -57,10 +57,11 @@ pub async fn serve(
     handle: Arc<SnapshotHandle>,
     metrics: Arc<Metrics>,
     settings: TcpSettings,
+    cookies: Option<crate::cookie::CookieConfig>,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -78,7 +79,12 @@ pub async fn serve(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             metrics.tcp_open.fetch_add(1, Relaxed);
-            connection(stream, &handle, &metrics, settings).await;
+            let mut state = WorkerState::new();
+            if let Some(c) = cookies {
+                state.cookies = crate::cookie::CookieState::new(c);
+            }
+            state.cookies.client = Some(peer.ip());
+            connection(stream, &handle, &metrics, settings, state).await;
             metrics.tcp_open.fetch_sub(1, Relaxed);
             drop(permit);
         });
@@ -90,9 +96,9 @@ async fn connection(
     handle: &SnapshotHandle,
     metrics: &Metrics,
     settings: TcpSettings,
+    mut state: WorkerState,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut state = WorkerState::new();
     let mut cache = handle.cache();
     let mut rx = vec![0u8; FRAME].into_boxed_slice();
     let mut tx = vec![0u8; TX_CAP].into_boxed_slice();
@@ -118,6 +124,7 @@ async fn connection(
         let mut at = 0usize;
         let mut close = false;
         let snapshot = cache.load();
+        state.cookies.now = crate::cookie::unix_now();
         while let Some(&[hi, lo]) = rx.get(at..at + 2) {
             if at + 2 > pending {
                 break;

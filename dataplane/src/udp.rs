@@ -31,6 +31,9 @@ use crate::{
     error::{Error, Result},
     handle::SnapshotHandle,
     metrics::{Metrics, WorkerCounters},
+    cookie::{unix_now, CookieConfig, CookieState},
+    rrl::{self, Kind, Rrl, Verdict},
+    settings::RrlSettings,
 };
 
 #[cfg(target_os = "linux")]
@@ -51,6 +54,8 @@ pub(crate) struct Tally {
     truncated: u64,
     /// Messages that got no reply.
     pub(crate) dropped: u64,
+    rrl_dropped: u64,
+    rrl_slipped: u64,
 }
 
 /// Binds one `SO_REUSEPORT` UDP socket.
@@ -80,6 +85,8 @@ pub fn spawn_workers(
     workers: usize,
     handle: Arc<SnapshotHandle>,
     metrics: Arc<Metrics>,
+    rrl: &RrlSettings,
+    cookies: Option<CookieConfig>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>> {
     let mut sockets = Vec::with_capacity(addrs.len() * workers);
@@ -93,9 +100,12 @@ pub fn spawn_workers(
         let handle = handle.clone();
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
+        let rrl = rrl.clone();
         let t = std::thread::Builder::new()
             .name(format!("udp-{index}"))
-            .spawn(move || run_worker(&socket, &handle, &metrics, index, &shutdown))
+            .spawn(move || {
+                run_worker(&socket, &handle, &metrics, &rrl, cookies, index, &shutdown)
+            })
             .map_err(|source| Error::Listen {
                 addr: addrs[0],
                 source,
@@ -109,13 +119,79 @@ fn run_worker(
     socket: &UdpSocket,
     handle: &SnapshotHandle,
     metrics: &Metrics,
+    rrl: &RrlSettings,
+    cookies: Option<CookieConfig>,
     index: usize,
     shutdown: &AtomicBool,
 ) {
     let counters = &metrics.udp[index.min(metrics.udp.len().saturating_sub(1))];
     let mut cache = handle.cache();
     let mut state = WorkerState::new();
-    serve(socket, &mut cache, &mut state, counters, shutdown);
+    if let Some(c) = cookies {
+        state.cookies = CookieState::new(c);
+    }
+    let mut limiter = Limiter {
+        rrl: Rrl::new(rrl, random_seed(index)),
+        epoch: std::time::Instant::now(),
+    };
+    serve(socket, &mut cache, &mut state, &mut limiter, counters, shutdown);
+}
+
+/// A worker's rate limiter and the clock it reads once per batch.
+struct Limiter {
+    rrl: Rrl,
+    epoch: std::time::Instant,
+}
+
+impl Limiter {
+    /// Milliseconds since the worker started.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Applies RRL to the reply of `len` octets in `out` for `peer`; returns
+    /// the length to send, or `None` to send nothing.
+    #[inline]
+    fn apply(
+        &mut self,
+        peer: Option<std::net::IpAddr>,
+        out: &mut [u8],
+        len: usize,
+        now_ms: u64,
+        cookie_valid: bool,
+        tally: &mut Tally,
+    ) -> Option<usize> {
+        let Some(peer) = peer else { return Some(len) };
+        if cookie_valid {
+            return Some(len);
+        }
+        let reply = out.get_mut(..len)?;
+        match self.rrl.check(peer, Kind::of(reply), now_ms) {
+            Verdict::Send => Some(len),
+            Verdict::Slip => match rrl::slip(reply) {
+                Some(n) => {
+                    tally.rrl_slipped += 1;
+                    Some(n)
+                }
+                None => {
+                    tally.rrl_dropped += 1;
+                    None
+                }
+            },
+            Verdict::Drop => {
+                tally.rrl_dropped += 1;
+                None
+            }
+        }
+    }
+}
+
+/// A per-worker hash key for the RRL table.
+fn random_seed(index: usize) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(index);
+    h.finish()
 }
 
 #[cfg(target_os = "linux")]
@@ -123,6 +199,7 @@ fn serve(
     socket: &UdpSocket,
     cache: &mut crate::handle::SnapshotCache<'_>,
     state: &mut WorkerState,
+    limiter: &mut Limiter,
     counters: &WorkerCounters,
     shutdown: &AtomicBool,
 ) {
@@ -138,9 +215,22 @@ fn serve(
             ..Tally::default()
         };
         let snapshot = cache.load();
+        let now_ms = if limiter.rrl.enabled() {
+            limiter.now_ms()
+        } else {
+            0
+        };
+        state.cookies.now = if state.cookies.enabled() { unix_now() } else { 0 };
+        let need_peer = limiter.rrl.enabled() || state.cookies.enabled();
         for i in 0..n {
+            let peer = if need_peer { b.peer_ip(i) } else { None };
+            state.cookies.client = peer;
             let (query, out) = b.slot(i);
-            match answer(snapshot, query, Transport::Udp, state, out) {
+            let len = answer(snapshot, query, Transport::Udp, state, out).and_then(|len| {
+                let valid = state.cookies.valid;
+                limiter.apply(peer, out, len, now_ms, valid, &mut tally)
+            });
+            match len {
                 Some(len) => {
                     tally.reply(out.get(..len).unwrap_or(&[]));
                     b.queue(i, len);
@@ -158,6 +248,7 @@ fn serve(
     socket: &UdpSocket,
     cache: &mut crate::handle::SnapshotCache<'_>,
     state: &mut WorkerState,
+    limiter: &mut Limiter,
     counters: &WorkerCounters,
     shutdown: &AtomicBool,
 ) {
@@ -171,7 +262,14 @@ fn serve(
             queries: 1,
             ..Tally::default()
         };
-        match answer(cache.load(), &rx[..len], Transport::Udp, state, &mut tx) {
+        let now_ms = limiter.now_ms();
+        state.cookies.set(Some(peer.ip()), unix_now());
+        let reply = answer(cache.load(), &rx[..len], Transport::Udp, state, &mut tx)
+            .and_then(|n| {
+                let valid = state.cookies.valid;
+                limiter.apply(Some(peer.ip()), &mut tx, n, now_ms, valid, &mut tally)
+            });
+        match reply {
             Some(n) => {
                 if socket.send_to(&tx[..n], peer).is_ok() {
                     tally.reply(&tx[..n]);
@@ -208,5 +306,7 @@ impl Tally {
         }
         add(&c.truncated, self.truncated);
         add(&c.dropped, self.dropped);
+        add(&c.rrl_dropped, self.rrl_dropped);
+        add(&c.rrl_slipped, self.rrl_slipped);
     }
 }

@@ -25,6 +25,12 @@ pub const HEADER_LEN: usize = 12;
 /// Longest domain name in wire format, root label included (RFC 1035 §2.3.4).
 pub const MAX_NAME_LEN: usize = 255;
 
+/// EDNS option codes used here.
+pub mod option {
+    /// DNS cookies (RFC 7873).
+    pub const COOKIE: u16 = 10;
+}
+
 /// Record type numbers the dataplane handles specially.
 pub mod rtype {
     /// IPv4 address.
@@ -118,6 +124,8 @@ pub enum WireError {
     OptOwner,
     /// An EDNS option that overruns the OPT RDATA.
     BadOption,
+    /// A COOKIE option of a bad length (RFC 7873 §5.2.2).
+    BadCookie,
 }
 
 /// The fixed DNS header.
@@ -164,6 +172,17 @@ pub struct Edns {
     pub version: u8,
     /// DNSSEC OK.
     pub dnssec_ok: bool,
+    /// The COOKIE option (RFC 7873), if any.
+    pub cookie: Option<Cookie>,
+}
+
+/// A COOKIE option: the client cookie and, if sent, the server cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cookie {
+    /// Client cookie.
+    pub client: [u8; 8],
+    server: [u8; 32],
+    server_len: u8,
 }
 
 // === impl WireError ===
@@ -181,6 +200,7 @@ impl WireError {
             Self::DuplicateOpt => "duplicate_opt",
             Self::OptOwner => "opt_owner",
             Self::BadOption => "bad_option",
+            Self::BadCookie => "bad_cookie",
         }
     }
 }
@@ -295,12 +315,14 @@ pub fn parse_edns(msg: &[u8], header: &Header, mut pos: usize) -> Result<Option<
                 return Err(WireError::DuplicateOpt);
             }
             if rec.owner_is_root {
-                walk_options(msg.get(rec.rdata..rec.end).ok_or(WireError::Truncated)?)?;
+                let cookie =
+                    walk_options(msg.get(rec.rdata..rec.end).ok_or(WireError::Truncated)?)?;
                 edns = Some(Edns {
                     udp_size: rec.class,
                     ext_rcode: (rec.ttl >> 24) as u8,
                     version: (rec.ttl >> 16) as u8,
                     dnssec_ok: rec.ttl & EDNS_DO != 0,
+                    cookie,
                 });
             } else {
                 return Err(WireError::OptOwner);
@@ -536,19 +558,50 @@ fn skip_record(msg: &[u8], pos: usize) -> Result<SkippedRecord, WireError> {
 }
 
 /// Walks the EDNS options of an OPT RDATA (RFC 6891 §6.1.2): each is
-/// code, length, data, and together they fill the RDATA exactly. Unknown
-/// options are ignored; ECS and cookies are read here once they are served.
-fn walk_options(rdata: &[u8]) -> Result<(), WireError> {
+/// code, length, data, and together they fill the RDATA exactly. Returns the
+/// COOKIE option (the first, if several); other options are ignored.
+fn walk_options(rdata: &[u8]) -> Result<Option<Cookie>, WireError> {
     let mut pos = 0;
+    let mut cookie = None;
     while pos < rdata.len() {
-        let _code = read_u16(rdata, pos).ok_or(WireError::BadOption)?;
+        let code = read_u16(rdata, pos).ok_or(WireError::BadOption)?;
         let len = usize::from(read_u16(rdata, pos + 2).ok_or(WireError::BadOption)?);
+        let data = rdata.get(pos + 4..pos + 4 + len).ok_or(WireError::BadOption)?;
+        if code == option::COOKIE && cookie.is_none() {
+            cookie = Some(Cookie::new(data).ok_or(WireError::BadCookie)?);
+        }
         pos += 4 + len;
-        if pos > rdata.len() {
-            return Err(WireError::BadOption);
+    }
+    Ok(cookie)
+}
+
+// === impl Cookie ===
+
+impl Cookie {
+    /// Reads the option data: 8 octets of client cookie, then nothing or a
+    /// server cookie of 8 to 32 octets.
+    pub fn new(data: &[u8]) -> Option<Self> {
+        let client = <[u8; 8]>::try_from(data.get(..8)?).ok()?;
+        let server = data.get(8..)?;
+        if !server.is_empty() && !(8..=32).contains(&server.len()) {
+            return None;
+        }
+        let mut s = [0u8; 32];
+        s.get_mut(..server.len())?.copy_from_slice(server);
+        Some(Self {
+            client,
+            server: s,
+            server_len: server.len() as u8,
+        })
+    }
+
+    /// The server cookie, if the client sent one.
+    pub fn server(&self) -> Option<&[u8]> {
+        match self.server_len {
+            0 => None,
+            n => self.server.get(..usize::from(n)),
         }
     }
-    Ok(())
 }
 
 // === tests ===
@@ -670,7 +723,7 @@ mod tests {
 
     #[test]
     fn edns_options() {
-        let m = with_opt(query(b"\x00", 1), &[0, 10, 0, 2, 1, 2, 0xFF, 0xFF, 0, 0], 1);
+        let m = with_opt(query(b"\x00", 1), &[0, 11, 0, 2, 1, 2, 0xFF, 0xFF, 0, 0], 1);
         let (_, e) = parse(&m).unwrap();
         assert_eq!(
             e,
@@ -678,10 +731,11 @@ mod tests {
                 udp_size: 1232,
                 ext_rcode: 0,
                 version: 0,
-                dnssec_ok: true
+                dnssec_ok: true,
+                cookie: None,
             })
         );
-        let m = with_opt(query(b"\x00", 1), &[0, 10, 0, 3, 1, 2], 1);
+        let m = with_opt(query(b"\x00", 1), &[0, 11, 0, 3, 1, 2], 1);
         assert_eq!(parse(&m).unwrap_err(), WireError::BadOption);
         let m = with_opt(query(b"\x00", 1), &[0, 10, 0], 1);
         assert_eq!(parse(&m).unwrap_err(), WireError::BadOption);
@@ -691,6 +745,26 @@ mod tests {
         let at = m.len() - 11;
         m.splice(at..at + 1, *b"\x01a\x00");
         assert_eq!(parse(&m).unwrap_err(), WireError::OptOwner);
+    }
+
+    #[test]
+    fn cookie_option() {
+        let mut opt = vec![0, 10, 0, 8];
+        opt.extend_from_slice(&[1; 8]);
+        let (_, e) = parse(&with_opt(query(b"\x00", 1), &opt, 1)).unwrap();
+        let c = e.unwrap().cookie.unwrap();
+        assert_eq!((c.client, c.server()), ([1; 8], None));
+        let mut opt = vec![0, 10, 0, 24];
+        opt.extend_from_slice(&[2; 24]);
+        let (_, e) = parse(&with_opt(query(b"\x00", 1), &opt, 1)).unwrap();
+        assert_eq!(e.unwrap().cookie.unwrap().server(), Some(&[2u8; 16][..]));
+        // Bad lengths: FORMERR.
+        for len in [0u8, 7, 9, 15, 41] {
+            let mut opt = vec![0, 10, 0, len];
+            opt.extend(std::iter::repeat_n(3, usize::from(len)));
+            let m = with_opt(query(b"\x00", 1), &opt, 1);
+            assert_eq!(parse(&m).unwrap_err(), WireError::BadCookie, "{len}");
+        }
     }
 
     #[test]

@@ -60,7 +60,10 @@ fn verify_section(keys: &[DNSKEY], records: &[Record]) -> usize {
     for r in records {
         match &r.data {
             RData::DNSSEC(DNSSECRData::RRSIG(s)) => sigs.push((&r.name, s)),
-            _ => sets.entry((r.name.clone(), r.record_type())).or_default().push(r),
+            _ => sets
+                .entry((r.name.clone(), r.record_type()))
+                .or_default()
+                .push(r),
         }
     }
     let now = std::time::SystemTime::now()
@@ -119,7 +122,9 @@ fn signed_answers_validate_over_udp_and_tcp() {
     // The DS the CLI-facing API will hand out matches the served key.
     let sep: Vec<&DNSKEY> = keys.iter().filter(|k| k.secure_entry_point()).collect();
     assert_eq!(sep.len(), 1, "one CSK by default");
-    let digest = sep[0].to_digest(&name("gslb.test."), DigestType::SHA256).unwrap();
+    let digest = sep[0]
+        .to_digest(&name("gslb.test."), DigestType::SHA256)
+        .unwrap();
     assert_eq!(digest.as_ref().len(), 32);
 
     for q in [
@@ -147,10 +152,19 @@ fn signed_answers_validate_over_udp_and_tcp() {
     }
     // Weighted with max_answers 2: one signed record for a DNSSEC client.
     let m = g.udp(&dnssec_query("w.gslb.test.", RecordType::A));
-    assert_eq!(m.answers.iter().filter(|r| r.record_type() == RecordType::A).count(), 1);
+    assert_eq!(
+        m.answers
+            .iter()
+            .filter(|r| r.record_type() == RecordType::A)
+            .count(),
+        1
+    );
     // Without DO: no RRSIG anywhere.
     let m = g.udp(&query_edns("www.gslb.test.", RecordType::A, 4096));
-    assert!(m.answers.iter().all(|r| r.record_type() != RecordType::RRSIG));
+    assert!(m
+        .answers
+        .iter()
+        .all(|r| r.record_type() != RecordType::RRSIG));
     // The big RRset with its signature does not fit 1232 octets? Either it
     // fits and validates (above) or it is truncated and TCP validates.
     let mut big = dnssec_query("big.gslb.test.", RecordType::AAAA);
@@ -168,7 +182,12 @@ fn denial_of_existence_validates() {
     let keys = dnskeys(&g);
 
     // NXDOMAIN: SOA + NSEC covering the name + NSEC covering the wildcard.
-    for qname in ["nothere.gslb.test.", "zzz.gslb.test.", "a.b.c.svc.deep.gslb.test.", "aaa.gslb.test."] {
+    for qname in [
+        "nothere.gslb.test.",
+        "zzz.gslb.test.",
+        "a.b.c.svc.deep.gslb.test.",
+        "aaa.gslb.test.",
+    ] {
         let query = dnssec_query(qname, RecordType::A);
         for m in [g.udp(&query), g.tcp(&query)] {
             assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{qname}");
@@ -212,7 +231,10 @@ fn denial_of_existence_validates() {
         let proofs = nsecs(&m);
         assert_eq!(proofs.len(), 1, "{qname}: {m}");
         assert_eq!(proofs[0].0, name(qname));
-        assert!(proofs[0].1.type_bit_maps().all(|x| x != t && x != RecordType::CNAME));
+        assert!(proofs[0]
+            .1
+            .type_bit_maps()
+            .all(|x| x != t && x != RecordType::CNAME));
     }
 }
 

@@ -367,9 +367,7 @@ pub fn read_kek(path: &Path) -> Result<[u8; KEK_LEN], KeyError> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            return Err(err(
-                "readable by group or others; chmod 600 it".to_owned(),
-            ));
+            return Err(err("readable by group or others; chmod 600 it".to_owned()));
         }
     }
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
@@ -445,8 +443,7 @@ pub fn hex_upper(bytes: &[u8]) -> String {
 
 /// Standard base64 with padding (RFC 4648 §4).
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [

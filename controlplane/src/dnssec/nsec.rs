@@ -44,7 +44,11 @@ pub fn build_chain(
             .iter()
             .filter(|s| !s.rdata.is_empty())
             .filter_map(|s| u16::try_from(s.rtype).ok())
-            .chain(node.plans.iter().filter_map(|p| u16::try_from(p.rtype).ok()))
+            .chain(
+                node.plans
+                    .iter()
+                    .filter_map(|p| u16::try_from(p.rtype).ok()),
+            )
             .collect();
         if node.name == apex {
             types.extend([rtype::SOA, rtype::NS]);

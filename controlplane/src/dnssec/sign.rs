@@ -102,7 +102,12 @@ impl Signer {
 
     /// Adds DNSKEY, RRSIGs and the NSEC chain to every zone of `snap` that
     /// has keys. Does nothing when DNSSEC is off.
-    pub fn sign(&mut self, cfg: &DnssecConfig, snap: &mut Snapshot, now: SystemTime) -> SignOutcome {
+    pub fn sign(
+        &mut self,
+        cfg: &DnssecConfig,
+        snap: &mut Snapshot,
+        now: SystemTime,
+    ) -> SignOutcome {
         let mut outcome = SignOutcome::default();
         if !cfg.enabled || !self.dnssec.enabled() {
             return outcome;
@@ -165,9 +170,7 @@ impl Signer {
         window: Window,
         outcome: &mut SignOutcome,
     ) -> Option<u32> {
-        let Some(zone) = snap.zones.get_mut(zi) else {
-            return None;
-        };
+        let zone = snap.zones.get_mut(zi)?;
         let apex = zone.apex.clone();
         let Some(keys) = keyring.keys(&apex) else {
             tracing::error!(

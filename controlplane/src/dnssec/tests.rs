@@ -81,7 +81,12 @@ fn hname(wire: &[u8]) -> Name {
 
 fn rdata(t: u16, bytes: &[u8]) -> RData {
     let mut d = BinDecoder::new(bytes);
-    RData::read(&mut d, RecordType::from(t), Restrict::new(bytes.len() as u16)).unwrap()
+    RData::read(
+        &mut d,
+        RecordType::from(t),
+        Restrict::new(bytes.len() as u16),
+    )
+    .unwrap()
 }
 
 fn rrsig(bytes: &[u8]) -> RRSIG {
@@ -108,7 +113,11 @@ fn dnskeys(snap: &Snapshot, zone: usize) -> Vec<DNSKEY> {
 /// Verifies every RRSIG of `set` (owned by `owner`) with hickory against
 /// `keys`; checks the RRSIG fields; returns the tags of the signing keys.
 fn verify(keys: &[DNSKEY], apex: &[u8], owner: &[u8], set: &RRset, now: u32) -> Vec<u16> {
-    assert!(!set.rrsig.is_empty(), "unsigned RRset type {} at {owner:?}", set.rtype);
+    assert!(
+        !set.rrsig.is_empty(),
+        "unsigned RRset type {} at {owner:?}",
+        set.rtype
+    );
     let name = hname(owner);
     let t = set.rtype as u16;
     // Reversed: the order of records must not matter (canonical sort).
@@ -126,7 +135,10 @@ fn verify(keys: &[DNSKEY], apex: &[u8], owner: &[u8], set: &RRset, now: u32) -> 
         assert_eq!(input.original_ttl, set.ttl, "original TTL = RRset TTL");
         assert_eq!(input.num_labels as usize, name.num_labels() as usize);
         assert_eq!(input.signer_name, hname(apex));
-        assert!(input.sig_inception.get() <= now - 3599, "inception backdated");
+        assert!(
+            input.sig_inception.get() <= now - 3599,
+            "inception backdated"
+        );
         assert!(input.sig_expiration.get() > now, "not expired");
         let key = keys
             .iter()
@@ -157,7 +169,10 @@ fn verify_all(snap: &Snapshot, now: u32, split: bool) -> usize {
         let apex = &zone.apex;
         let mut check = |owner: &[u8], set: &RRset, by: &BTreeSet<u16>| {
             let tags = verify(&keys, apex, owner, set, now);
-            assert!(tags.iter().all(|t| by.contains(t)), "signed by the right key");
+            assert!(
+                tags.iter().all(|t| by.contains(t)),
+                "signed by the right key"
+            );
             n += tags.len();
         };
         check(apex, zone.dnskey.as_ref().unwrap(), &ksk);
@@ -197,7 +212,10 @@ fn key_tag_dnskey_and_ds_match_hickory() {
         assert_eq!(h.calculate_key_tag().unwrap(), key.key_tag);
         assert!(h.zone_key() && h.secure_entry_point());
         let digest = h
-            .to_digest(&Name::from_ascii("example.com.").unwrap(), DigestType::SHA256)
+            .to_digest(
+                &Name::from_ascii("example.com.").unwrap(),
+                DigestType::SHA256,
+            )
             .unwrap();
         assert_eq!(digest.as_ref(), key.ds_digest().as_slice());
         let line = key.ds_line();
@@ -214,7 +232,10 @@ fn key_tag_dnskey_and_ds_match_hickory() {
         let again = ZoneKey::from_pkcs8(&zone, KeyRole::Csk, alg, 257, &pkcs8, 5).unwrap();
         assert_eq!(again.key_tag, key.key_tag);
         assert_eq!(again.public_key, key.public_key);
-        assert!(!format!("{key:?}").contains("pair"), "Debug hides the private half");
+        assert!(
+            !format!("{key:?}").contains("pair"),
+            "Debug hides the private half"
+        );
     }
     // RFC 4034 App. B: a known DNSKEY and its tag (RFC 4034 §5.4's example key, tag 60485).
     let rfc = [
@@ -225,7 +246,10 @@ fn key_tag_dnskey_and_ds_match_hickory() {
         0xca, 0x2c, 0x6b, 0x6c, 0xc3, 0xb6, 0x7d, 0x96, 0xcf, 0xcb, 0x01, 0x88, 0x9a, 0x20, 0x62,
         0x10, 0x4e, 0xa2, 0x8a, 0xbc, 0x32, 0x0a, 0x27, 0xb0, 0x8b, 0x0d, 0x63, 0xa9, 0xdc, 0x65,
     ];
-    assert_eq!(keys::key_tag(&rfc), DNSKEY::calculate_key_tag_internal(&rfc));
+    assert_eq!(
+        keys::key_tag(&rfc),
+        DNSKEY::calculate_key_tag_internal(&rfc)
+    );
 }
 
 #[test]
@@ -259,7 +283,11 @@ fn rrsig_ttl_window_and_refresh() {
     // The compiler asks to be run again when the refresh window opens.
     assert_eq!(first.recompile_at, Some(at(7 * 86_400)));
     let total = dnssec.stats().signatures;
-    assert_eq!(dnssec.stats().signed_last, total, "first pass signs everything");
+    assert_eq!(
+        dnssec.stats().signed_last,
+        total,
+        "first pass signs everything"
+    );
 
     // A recompile soon after: only the SOA (its serial moved) is re-signed.
     let second = c.compile(&cfg, 2, 2, &AllHealthy, at(60));
@@ -271,7 +299,10 @@ fn rrsig_ttl_window_and_refresh() {
     let later = at(7 * 86_400 + 1);
     let third = c.compile(&cfg, 3, 3, &AllHealthy, later);
     assert_eq!(dnssec.stats().signed_last, total);
-    assert_eq!(third.recompile_at, Some(later + Duration::from_secs(7 * 86_400)));
+    assert_eq!(
+        third.recompile_at,
+        Some(later + Duration::from_secs(7 * 86_400))
+    );
     verify_all(&third.snapshot, unix(later), false);
 }
 
@@ -401,7 +432,11 @@ async fn keys_persist_in_the_store_across_restarts() {
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["zones"][0]["keys"][0]["role"], "csk");
     let again = open(dir.path(), |_| {}).await.unwrap();
-    assert_eq!(again.ds_records("example.com.").unwrap(), ds, "same key after a restart");
+    assert_eq!(
+        again.ds_records("example.com.").unwrap(),
+        ds,
+        "same key after a restart"
+    );
     assert!(again.ds_records("nope.example").is_err());
 }
 
@@ -496,14 +531,23 @@ fn sign_100k_names() {
         writeln!(text, "      - {{address: 192.0.2.{i}, weight: {i}}}").unwrap();
     }
     text.push_str("domains:\n");
-    let n = std::env::var("SIGN_NAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n = std::env::var("SIGN_NAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     for i in 0..n {
-        writeln!(text, "  - {{name: n{i}.example.com, routing_algorithm: weighted, regions: [p]}}").unwrap();
+        writeln!(
+            text,
+            "  - {{name: n{i}.example.com, routing_algorithm: weighted, regions: [p]}}"
+        )
+        .unwrap();
     }
     let cfg = config::parse(&text, Path::new("big.yaml")).unwrap();
     let dnssec = keys_for(&cfg, Algorithm::EcdsaP256Sha256, false);
     let mut c = Compiler::with_dnssec(dnssec.clone());
-    let unsigned = Compiler::new().compile(&cfg, 1, 1, &AllHealthy, at(0)).snapshot;
+    let unsigned = Compiler::new()
+        .compile(&cfg, 1, 1, &AllHealthy, at(0))
+        .snapshot;
     let t = std::time::Instant::now();
     let snap = c.compile(&cfg, 1, 1, &AllHealthy, at(0)).snapshot;
     let full = t.elapsed();

@@ -68,15 +68,28 @@ fn signed() -> Snapshot {
 }
 
 fn ask(s: &Snapshot, n: &str, t: RecordType, dnssec_ok: bool, payload: u16) -> Message {
-    let mut m = Message::new(0xBEEF, hickory_proto::op::MessageType::Query, hickory_proto::op::OpCode::Query);
-    m.add_query(hickory_proto::op::Query::query(Name::from_ascii(n).unwrap(), t));
+    let mut m = Message::new(
+        0xBEEF,
+        hickory_proto::op::MessageType::Query,
+        hickory_proto::op::OpCode::Query,
+    );
+    m.add_query(hickory_proto::op::Query::query(
+        Name::from_ascii(n).unwrap(),
+        t,
+    ));
     let mut e = hickory_proto::op::Edns::new();
     e.set_max_payload(payload);
     e.set_dnssec_ok(dnssec_ok);
     m.set_edns(e);
     let mut out = vec![0u8; 65535];
-    let len = answer(s, &m.to_vec().unwrap(), Transport::Udp, &mut WorkerState::new(), &mut out)
-        .expect("a reply");
+    let len = answer(
+        s,
+        &m.to_vec().unwrap(),
+        Transport::Udp,
+        &mut WorkerState::new(),
+        &mut out,
+    )
+    .expect("a reply");
     Message::from_vec(&out[..len]).unwrap()
 }
 
@@ -107,9 +120,15 @@ fn positive_answers_carry_rrsigs_only_with_do() {
             ("txt.gslb.test.".into(), RecordType::RRSIG)
         ]
     );
-    assert!(!r.metadata.authentic_data, "AD is never set by an authoritative server");
+    assert!(
+        !r.metadata.authentic_data,
+        "AD is never set by an authoritative server"
+    );
     let r = ask(&s, "txt.gslb.test.", RecordType::TXT, false, 1232);
-    assert_eq!(section(&r.answers), [("txt.gslb.test.".into(), RecordType::TXT)]);
+    assert_eq!(
+        section(&r.answers),
+        [("txt.gslb.test.".into(), RecordType::TXT)]
+    );
     // DNSKEY at the apex, signed.
     let r = ask(&s, "gslb.test.", RecordType::DNSKEY, true, 1232);
     let types: Vec<RecordType> = r.answers.iter().map(|a| a.record_type()).collect();
@@ -152,7 +171,10 @@ fn nxdomain_proof_covers_name_and_wildcard() {
     assert_eq!(nsec_owners(&r)[0], "www.gslb.test.");
     // Without DO: the SOA alone, as before.
     let r = ask(&s, "nothere.gslb.test.", RecordType::A, false, 4096);
-    assert_eq!(section(&r.authorities), [("gslb.test.".into(), RecordType::SOA)]);
+    assert_eq!(
+        section(&r.authorities),
+        [("gslb.test.".into(), RecordType::SOA)]
+    );
     // A CNAME into a missing name proves the target's non-existence.
     let r = ask(&s, "dangling.gslb.test.", RecordType::A, true, 4096);
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
@@ -203,7 +225,11 @@ fn signed_multi_record_picks_answer_one_with_do() {
     assert_eq!(r.answers.len(), 2, "two records without DO");
     let r = ask(&s, "www.gslb.test.", RecordType::A, true, 1232);
     let types: Vec<RecordType> = r.answers.iter().map(|a| a.record_type()).collect();
-    assert_eq!(types, [RecordType::A, RecordType::RRSIG], "one signed RRset with DO");
+    assert_eq!(
+        types,
+        [RecordType::A, RecordType::RRSIG],
+        "one signed RRset with DO"
+    );
     // Round-robin with max_answers: DNSSEC clients get the whole RRset.
     let s = signed();
     let r = ask(&s, "one.gslb.test.", RecordType::A, true, 1232);

@@ -210,6 +210,30 @@ impl Batch {
         (query, out)
     }
 
+    /// The address of receive slot `i`'s sender.
+    pub(crate) fn peer_ip(&self, i: usize) -> Option<std::net::IpAddr> {
+        if i >= self.received {
+            return None;
+        }
+        let peer = self.peers.get(i)?;
+        let len = self.rx_hdr.get(i)?.msg_hdr.msg_namelen as usize;
+        match i32::from(peer.ss_family) {
+            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+                // SAFETY: the kernel wrote a sockaddr_in (family AF_INET, length
+                // checked) into this sockaddr_storage, which is large and
+                // aligned enough for any socket address.
+                let sin = unsafe { &*ptr::from_ref(peer).cast::<libc::sockaddr_in>() };
+                Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into())
+            }
+            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: as above, for a sockaddr_in6.
+                let sin6 = unsafe { &*ptr::from_ref(peer).cast::<libc::sockaddr_in6>() };
+                Some(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into())
+            }
+            _ => None,
+        }
+    }
+
     /// Queues the `len` octets written into send slot `i` as the reply to
     /// slot `i`'s peer.
     pub(crate) fn queue(&mut self, i: usize, len: usize) {

@@ -1,0 +1,398 @@
+//! Response rate limiting (RRL), as BIND and Knot do it, per UDP worker.
+//!
+//! Each worker owns one [`Rrl`]: a fixed power-of-two table of token
+//! buckets keyed by a hash of (client network, response kind). Nothing is
+//! shared between workers and nothing grows: a flood from random spoofed
+//! sources only overwrites buckets (a colliding key takes the slot over with
+//! a fresh bucket), so memory is [`TABLE`] × 24 octets per worker whatever
+//! arrives. The kernel spreads a client over workers by its 4-tuple, so the
+//! effective limit per network is at most `responses_per_second` × workers
+//! for a client that varies its source port; a spoofed flood from one port
+//! lands on one worker.
+//!
+//! One response: the reply's header gives its kind ([`Kind`]); the client's
+//! network (address masked to `ipv4_prefix`/`ipv6_prefix`) and the kind pick
+//! a bucket; the bucket earns `responses_per_second` per second (in
+//! milli-responses, so the clock can tick in milliseconds), capped at one
+//! second's worth, and pays one response. While its balance is negative the
+//! response is limited; the balance may sink to `window` seconds of debt, so
+//! a network that flooded stays limited until it has been quiet for a while
+//! (the `window` of BIND). A limited response is dropped, except every
+//! `slip`-th one, which goes out as header + question with TC=1 and AA so a
+//! real resolver behind a spoofed network retries over TCP.
+//!
+//! Exempt networks (loopback by default) never reach the table.
+
+use std::net::IpAddr;
+
+use crate::settings::RrlSettings;
+
+// === constants ===
+
+/// Buckets per worker (a power of two).
+pub const TABLE: usize = 1 << 13;
+
+/// Milli-responses per response.
+const UNIT: i64 = 1000;
+
+// === types ===
+
+/// What RRL decided for one response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the reply as it is.
+    Send,
+    /// Send a truncated reply instead (header + question, TC=1, AA).
+    Slip,
+    /// Send nothing.
+    Drop,
+}
+
+/// Response kinds counted apart (RRL counts answers, NXDOMAIN and errors in
+/// separate accounts, so an NXDOMAIN flood does not starve answers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// NOERROR (answers and NODATA).
+    Answer = 1,
+    /// NXDOMAIN.
+    NxDomain = 2,
+    /// Any other RCODE.
+    Error = 3,
+}
+
+/// One network in CIDR form (`exempt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    addr: u128,
+    prefix: u8,
+    v6: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    /// Hash of the key; 0 = empty.
+    tag: u64,
+    /// Milli-responses; negative while limited.
+    balance: i64,
+    /// Time of the last update, in ms since the worker's epoch (truncated).
+    last_ms: u32,
+    /// Limited responses since the last slip.
+    limited: u32,
+}
+
+/// One worker's limiter.
+#[derive(Debug)]
+pub struct Rrl {
+    enabled: bool,
+    rate: i64,
+    floor: i64,
+    v4_mask: u128,
+    v6_mask: u128,
+    slip: u32,
+    exempt: Box<[Net]>,
+    seed: u64,
+    table: Box<[Bucket]>,
+}
+
+// === impl Net ===
+
+impl Net {
+    /// Parses `addr/prefix` (or a bare address, a host route).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let (bits, v6, max) = key_bits(addr);
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return None;
+        }
+        Some(Self {
+            addr: bits & mask(prefix, max),
+            prefix,
+            v6,
+        })
+    }
+
+    fn contains(&self, bits: u128, v6: bool) -> bool {
+        let max = if self.v6 { 128 } else { 32 };
+        self.v6 == v6 && bits & mask(self.prefix, max) == self.addr
+    }
+}
+
+// === impl Kind ===
+
+impl Kind {
+    /// The kind of an encoded reply, from its header.
+    #[inline]
+    pub fn of(reply: &[u8]) -> Self {
+        match reply.get(3).map(|b| b & 0x0f) {
+            Some(0) => Self::Answer,
+            Some(3) => Self::NxDomain,
+            _ => Self::Error,
+        }
+    }
+}
+
+// === impl Rrl ===
+
+impl Rrl {
+    /// A limiter for one worker; `seed` keys the bucket hash (so an attacker
+    /// cannot aim collisions at a victim's bucket).
+    pub fn new(settings: &RrlSettings, seed: u64) -> Self {
+        let rate = i64::from(settings.responses_per_second);
+        let exempt = settings
+            .exempt
+            .iter()
+            .filter_map(|s| Net::parse(s))
+            .collect();
+        Self {
+            enabled: settings.enabled && rate > 0,
+            rate,
+            floor: -(rate * UNIT * i64::try_from(settings.window_secs.max(1)).unwrap_or(15)),
+            v4_mask: mask(settings.ipv4_prefix.min(32), 32),
+            v6_mask: mask(settings.ipv6_prefix.min(128), 128),
+            slip: settings.slip,
+            exempt,
+            seed: seed | 1,
+            table: if settings.enabled {
+                vec![Bucket::default(); TABLE].into_boxed_slice()
+            } else {
+                Box::default()
+            },
+        }
+    }
+
+    /// Whether the limiter does anything.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Accounts one response of `kind` to `client` at `now_ms` (a worker
+    /// clock in milliseconds) and says what to send.
+    #[inline]
+    pub fn check(&mut self, client: IpAddr, kind: Kind, now_ms: u64) -> Verdict {
+        if !self.enabled || self.table.is_empty() {
+            return Verdict::Send;
+        }
+        let (bits, v6, _) = key_bits(client);
+        if self.exempt.iter().any(|n| n.contains(bits, v6)) {
+            return Verdict::Send;
+        }
+        let net = bits & if v6 { self.v6_mask } else { self.v4_mask };
+        let tag = self.hash(net, v6, kind) | 1;
+        let now = now_ms as u32;
+        let slot = (tag >> 32) as usize & (self.table.len() - 1);
+        let Some(b) = self.table.get_mut(slot) else {
+            return Verdict::Send;
+        };
+        if b.tag != tag {
+            *b = Bucket {
+                tag,
+                balance: self.rate * UNIT,
+                last_ms: now,
+                limited: 0,
+            };
+        } else {
+            let elapsed = i64::from(now.wrapping_sub(b.last_ms));
+            b.last_ms = now;
+            b.balance = b
+                .balance
+                .saturating_add(elapsed.saturating_mul(self.rate))
+                .min(self.rate * UNIT);
+        }
+        b.balance = (b.balance - UNIT).max(self.floor);
+        if b.balance >= 0 {
+            return Verdict::Send;
+        }
+        b.limited = b.limited.wrapping_add(1);
+        if self.slip != 0 && b.limited >= self.slip {
+            b.limited = 0;
+            Verdict::Slip
+        } else {
+            Verdict::Drop
+        }
+    }
+
+    fn hash(&self, net: u128, v6: bool, kind: Kind) -> u64 {
+        let mut h = self.seed ^ (u64::from(v6) << 8 | kind as u64);
+        for word in [net as u64, (net >> 64) as u64] {
+            h = (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            h ^= h >> 29;
+        }
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^ (h >> 32)
+    }
+}
+
+// === functions ===
+
+/// Cuts `reply` (a reply whose question starts at offset 12, uncompressed)
+/// down to header + question with TC=1, AA=1 and empty sections, as a
+/// truncated reply looks. Returns the new length, or `None` if the reply has
+/// no well-formed question (then the reply is dropped instead).
+pub fn slip(reply: &mut [u8]) -> Option<usize> {
+    if reply.get(4..6)? != [0, 1] {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let len = usize::from(*reply.get(at)?);
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+    }
+    let end = at + 4;
+    if end > reply.len() {
+        return None;
+    }
+    let flags = reply.get_mut(2..4)?;
+    flags[0] |= 0x04 | 0x02; // AA, TC
+    reply.get_mut(6..12)?.fill(0);
+    Some(end)
+}
+
+/// An address as 128 bits, whether it is IPv6, and its width.
+fn key_bits(addr: IpAddr) -> (u128, bool, u8) {
+    match addr {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), false, 32),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(a) => (u128::from(u32::from(a)), false, 32),
+            None => (u128::from(a), true, 128),
+        },
+    }
+}
+
+/// The mask keeping the top `prefix` bits of a `max`-bit address.
+fn mask(prefix: u8, max: u8) -> u128 {
+    let full: u128 = if max == 128 { u128::MAX } else { (1u128 << max) - 1 };
+    if prefix == 0 {
+        0
+    } else {
+        full & !((1u128 << (max - prefix.min(max))) - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(rate: u32, slip: u32, exempt: &[&str]) -> RrlSettings {
+        RrlSettings {
+            enabled: true,
+            responses_per_second: rate,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            slip,
+            window_secs: 15,
+            exempt: exempt.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Verdicts for `n` responses at time `t`.
+    fn burst(r: &mut Rrl, client: &str, kind: Kind, n: usize, t: u64) -> (usize, usize, usize) {
+        let (mut send, mut slip, mut drop) = (0, 0, 0);
+        for _ in 0..n {
+            match r.check(ip(client), kind, t) {
+                Verdict::Send => send += 1,
+                Verdict::Slip => slip += 1,
+                Verdict::Drop => drop += 1,
+            }
+        }
+        (send, slip, drop)
+    }
+
+    #[test]
+    fn limits_per_second_and_slips_every_nth() {
+        let mut r = Rrl::new(&settings(10, 2, &[]), 7);
+        assert_eq!(burst(&mut r, "192.0.2.1", Kind::Answer, 20, 0), (10, 5, 5));
+        // One second later: ten more, from the same /24.
+        assert_eq!(burst(&mut r, "192.0.2.77", Kind::Answer, 10, 1000).0, 0);
+    }
+
+    #[test]
+    fn recovers_after_quiet_and_window_caps_debt() {
+        let mut r = Rrl::new(&settings(10, 0, &[]), 7);
+        // A long flood: the debt stops at window (15 s) × rate.
+        burst(&mut r, "192.0.2.1", Kind::Answer, 10_000, 0);
+        assert_eq!(burst(&mut r, "192.0.2.1", Kind::Answer, 1, 14_000).0, 0);
+        // Quiet pays the debt back at the rate, then refills the burst.
+        assert_eq!(burst(&mut r, "192.0.2.1", Kind::Answer, 10, 17_000).0, 10);
+        // Under the rate, nothing is limited.
+        let mut t = 20_000;
+        for _ in 0..100 {
+            t += 100;
+            assert_eq!(r.check(ip("192.0.2.1"), Kind::Answer, t), Verdict::Send);
+        }
+    }
+
+    #[test]
+    fn kinds_and_networks_are_separate_accounts() {
+        let mut r = Rrl::new(&settings(5, 1, &[]), 7);
+        assert_eq!(burst(&mut r, "192.0.2.1", Kind::NxDomain, 10, 0), (5, 5, 0));
+        assert_eq!(burst(&mut r, "192.0.2.1", Kind::Answer, 5, 0).0, 5);
+        assert_eq!(burst(&mut r, "192.0.3.1", Kind::NxDomain, 5, 0).0, 5);
+        assert_eq!(burst(&mut r, "2001:db8:0:ff::1", Kind::Error, 6, 0).0, 5);
+        // Same /56.
+        assert_eq!(burst(&mut r, "2001:db8:0:aa::9", Kind::Error, 1, 0).0, 0);
+    }
+
+    #[test]
+    fn exempt_and_disabled() {
+        let mut r = Rrl::new(&settings(1, 2, &["127.0.0.0/8", "::1/128"]), 7);
+        assert_eq!(burst(&mut r, "127.0.0.1", Kind::Answer, 100, 0).0, 100);
+        assert_eq!(burst(&mut r, "::1", Kind::Answer, 100, 0).0, 100);
+        assert_eq!(burst(&mut r, "::ffff:127.0.0.5", Kind::Answer, 100, 0).0, 100);
+        assert_eq!(burst(&mut r, "10.0.0.1", Kind::Answer, 3, 0).0, 1);
+        let mut off = Rrl::new(
+            &RrlSettings {
+                enabled: false,
+                ..settings(1, 2, &[])
+            },
+            7,
+        );
+        assert_eq!(burst(&mut off, "10.0.0.1", Kind::Answer, 100, 0).0, 100);
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut r = Rrl::new(&settings(1, 2, &[]), 7);
+        for i in 0..100_000u32 {
+            r.check(IpAddr::from((i << 8).to_be_bytes()), Kind::Answer, 0);
+        }
+        assert_eq!(r.table.len(), TABLE);
+    }
+
+    #[test]
+    fn net_parse() {
+        assert!(Net::parse("10.0.0.0/8").unwrap().contains(0x0a01_0203, false));
+        assert!(!Net::parse("10.0.0.0/8").unwrap().contains(0x0b01_0203, false));
+        assert!(Net::parse("10.0.0.0/33").is_none());
+        assert!(Net::parse("nonsense").is_none());
+        assert!(Net::parse("0.0.0.0/0").unwrap().contains(5, false));
+    }
+
+    #[test]
+    fn slip_keeps_header_and_question() {
+        // ID, flags (QR), QD=1, AN=1, NS=0, AR=1, question www.x. A IN, junk.
+        let mut m = vec![0, 7, 0x80, 0, 0, 1, 0, 1, 0, 0, 0, 1];
+        m.extend_from_slice(&[3, b'w', b'w', b'w', 1, b'x', 0, 0, 1, 0, 1]);
+        let q_end = m.len();
+        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 1, 2, 3, 4]);
+        assert_eq!(slip(&mut m), Some(q_end));
+        assert_eq!(m[2], 0x80 | 0x04 | 0x02);
+        assert_eq!(&m[4..12], &[0, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(slip(&mut [0u8; 12]), None);
+    }
+}
