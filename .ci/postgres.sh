@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts a throwaway PostgreSQL cluster on 127.0.0.1:5432 for the store
+# Starts a throwaway PostgreSQL cluster on 127.0.0.1:55432 (our own, never the system one) for the store
 # tests and prints the URL to export:
 #
 #   eval "$(.ci/postgres.sh)"   # sets OPENGSLB_TEST_POSTGRES_URL
@@ -9,7 +9,7 @@
 # running cluster on the port is reused.
 set -euo pipefail
 
-port=${PGPORT:-5432}
+port=${PGPORT:-55432}
 url="postgres://postgres:opengslb@127.0.0.1:${port}/opengslb_test"
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)

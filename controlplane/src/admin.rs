@@ -219,9 +219,8 @@ impl AdminService for Admin {
 
     async fn get_ds(&self, req: Request<GetDsRequest>) -> Reply<GetDsResponse> {
         self.guard(&req, false)?;
-        Err(Status::unimplemented(
-            "DS records are not wired into the admin service yet",
-        ))
+        let ds = ops::dnssec_ds(&self.app, &req.into_inner().zone)?;
+        Ok(Response::new(GetDsResponse { ds: ds.ds }))
     }
 
     async fn watch_health(

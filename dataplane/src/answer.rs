@@ -211,8 +211,19 @@ pub fn answer(
         Ok(ok) => ok,
         Err(e) => {
             let q = e.question.as_ref();
-            let cookie = state.cookies.reply(e.edns.as_ref().and_then(|e| e.cookie.as_ref()));
-            return error_reply(out, reply_flags, header.id, q, e.edns, our_udp, e.rcode, cookie);
+            let cookie = state
+                .cookies
+                .reply(e.edns.as_ref().and_then(|e| e.cookie.as_ref()));
+            return error_reply(
+                out,
+                reply_flags,
+                header.id,
+                q,
+                e.edns,
+                our_udp,
+                e.rcode,
+                cookie,
+            );
         }
     };
 
@@ -226,7 +237,9 @@ pub fn answer(
     let mut r = Reply::start(out, limit, reply_flags, header.id, Some(&q))?;
     let prefix = r.w.len;
     // Keep room for OPT (and its COOKIE option) while writing records.
-    let cookie = state.cookies.reply(edns.as_ref().and_then(|e| e.cookie.as_ref()));
+    let cookie = state
+        .cookies
+        .reply(edns.as_ref().and_then(|e| e.cookie.as_ref()));
     let opt_room = match (edns, cookie) {
         (None, _) => 0,
         (Some(_), None) => OPT_LEN,

@@ -272,7 +272,11 @@ fn key_bits(addr: IpAddr) -> (u128, bool, u8) {
 
 /// The mask keeping the top `prefix` bits of a `max`-bit address.
 fn mask(prefix: u8, max: u8) -> u128 {
-    let full: u128 = if max == 128 { u128::MAX } else { (1u128 << max) - 1 };
+    let full: u128 = if max == 128 {
+        u128::MAX
+    } else {
+        (1u128 << max) - 1
+    };
     if prefix == 0 {
         0
     } else {
@@ -353,7 +357,10 @@ mod tests {
         let mut r = Rrl::new(&settings(1, 2, &["127.0.0.0/8", "::1/128"]), 7);
         assert_eq!(burst(&mut r, "127.0.0.1", Kind::Answer, 100, 0).0, 100);
         assert_eq!(burst(&mut r, "::1", Kind::Answer, 100, 0).0, 100);
-        assert_eq!(burst(&mut r, "::ffff:127.0.0.5", Kind::Answer, 100, 0).0, 100);
+        assert_eq!(
+            burst(&mut r, "::ffff:127.0.0.5", Kind::Answer, 100, 0).0,
+            100
+        );
         assert_eq!(burst(&mut r, "10.0.0.1", Kind::Answer, 3, 0).0, 1);
         let mut off = Rrl::new(
             &RrlSettings {
@@ -376,8 +383,12 @@ mod tests {
 
     #[test]
     fn net_parse() {
-        assert!(Net::parse("10.0.0.0/8").unwrap().contains(0x0a01_0203, false));
-        assert!(!Net::parse("10.0.0.0/8").unwrap().contains(0x0b01_0203, false));
+        assert!(Net::parse("10.0.0.0/8")
+            .unwrap()
+            .contains(0x0a01_0203, false));
+        assert!(!Net::parse("10.0.0.0/8")
+            .unwrap()
+            .contains(0x0b01_0203, false));
         assert!(Net::parse("10.0.0.0/33").is_none());
         assert!(Net::parse("nonsense").is_none());
         assert!(Net::parse("0.0.0.0/0").unwrap().contains(5, false));

@@ -41,23 +41,24 @@ pub async fn run(settings: DataplaneSettings) -> Result<()> {
         tokio::spawn(client::follow(uri, node_id.clone(), publisher.clone()));
     }
 
-    let cookies = if settings.cookies.enabled {
-        let master = crate::cookie::load_secret(settings.cookies.secret_file.as_deref())
-            .map_err(|e| crate::error::Error::Config {
-                file: settings
-                    .cookies
-                    .secret_file
-                    .as_ref()
-                    .map_or_else(|| "/dev/urandom".to_string(), |p| p.display().to_string()),
-                message: format!("cookie secret: {e}"),
-            })?;
-        Some(crate::cookie::CookieConfig {
-            master,
-            rotate_secs: settings.cookies.rotate_secs.max(1),
-        })
-    } else {
-        None
-    };
+    let cookies =
+        if settings.cookies.enabled {
+            let master = crate::cookie::load_secret(settings.cookies.secret_file.as_deref())
+                .map_err(|e| crate::error::Error::Config {
+                    file: settings
+                        .cookies
+                        .secret_file
+                        .as_ref()
+                        .map_or_else(|| "/dev/urandom".to_string(), |p| p.display().to_string()),
+                    message: format!("cookie secret: {e}"),
+                })?;
+            Some(crate::cookie::CookieConfig {
+                master,
+                rotate_secs: settings.cookies.rotate_secs.max(1),
+            })
+        } else {
+            None
+        };
     let handle = publisher.ready().await;
     let shutdown = Arc::new(AtomicBool::new(false));
     let _threads = udp::spawn_workers(

@@ -28,10 +28,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     answer::{answer, Transport, WorkerState},
+    cookie::{unix_now, CookieConfig, CookieState},
     error::{Error, Result},
     handle::SnapshotHandle,
     metrics::{Metrics, WorkerCounters},
-    cookie::{unix_now, CookieConfig, CookieState},
     rrl::{self, Kind, Rrl, Verdict},
     settings::RrlSettings,
 };
@@ -103,9 +103,7 @@ pub fn spawn_workers(
         let rrl = rrl.clone();
         let t = std::thread::Builder::new()
             .name(format!("udp-{index}"))
-            .spawn(move || {
-                run_worker(&socket, &handle, &metrics, &rrl, cookies, index, &shutdown)
-            })
+            .spawn(move || run_worker(&socket, &handle, &metrics, &rrl, cookies, index, &shutdown))
             .map_err(|source| Error::Listen {
                 addr: addrs[0],
                 source,
@@ -134,7 +132,14 @@ fn run_worker(
         rrl: Rrl::new(rrl, random_seed(index)),
         epoch: std::time::Instant::now(),
     };
-    serve(socket, &mut cache, &mut state, &mut limiter, counters, shutdown);
+    serve(
+        socket,
+        &mut cache,
+        &mut state,
+        &mut limiter,
+        counters,
+        shutdown,
+    );
 }
 
 /// A worker's rate limiter and the clock it reads once per batch.
@@ -220,7 +225,11 @@ fn serve(
         } else {
             0
         };
-        state.cookies.now = if state.cookies.enabled() { unix_now() } else { 0 };
+        state.cookies.now = if state.cookies.enabled() {
+            unix_now()
+        } else {
+            0
+        };
         let need_peer = limiter.rrl.enabled() || state.cookies.enabled();
         for i in 0..n {
             let peer = if need_peer { b.peer_ip(i) } else { None };
@@ -264,8 +273,8 @@ fn serve(
         };
         let now_ms = limiter.now_ms();
         state.cookies.set(Some(peer.ip()), unix_now());
-        let reply = answer(cache.load(), &rx[..len], Transport::Udp, state, &mut tx)
-            .and_then(|n| {
+        let reply =
+            answer(cache.load(), &rx[..len], Transport::Udp, state, &mut tx).and_then(|n| {
                 let valid = state.cookies.valid;
                 limiter.apply(Some(peer.ip()), &mut tx, n, now_ms, valid, &mut tally)
             });

@@ -566,7 +566,9 @@ fn walk_options(rdata: &[u8]) -> Result<Option<Cookie>, WireError> {
     while pos < rdata.len() {
         let code = read_u16(rdata, pos).ok_or(WireError::BadOption)?;
         let len = usize::from(read_u16(rdata, pos + 2).ok_or(WireError::BadOption)?);
-        let data = rdata.get(pos + 4..pos + 4 + len).ok_or(WireError::BadOption)?;
+        let data = rdata
+            .get(pos + 4..pos + 4 + len)
+            .ok_or(WireError::BadOption)?;
         if code == option::COOKIE && cookie.is_none() {
             cookie = Some(Cookie::new(data).ok_or(WireError::BadCookie)?);
         }

@@ -23,8 +23,10 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{Name, RecordType};
 use opengslb_dataplane::{
     answer::{answer, Transport, WorkerState},
+    cookie::{CookieConfig, CookieState},
     handle::SnapshotHandle,
     snapshot::Snapshot,
+    wire,
 };
 use opengslb_proto as proto;
 
@@ -267,6 +269,28 @@ fn with_ecs(m: Message) -> Vec<u8> {
     b
 }
 
+/// Appends an OPT record (payload 1232) carrying a COOKIE option: the
+/// client cookie, and `server` (empty or a server cookie) after it.
+fn with_cookie(m: Message, server: &[u8]) -> Vec<u8> {
+    let mut b = bytes(&m);
+    b[11] = 1; // ARCOUNT
+    let len = 8 + server.len() as u16;
+    b.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0]);
+    b.extend_from_slice(&(4 + len).to_be_bytes());
+    b.extend_from_slice(&10u16.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    b.extend_from_slice(&CLIENT_COOKIE);
+    b.extend_from_slice(server);
+    b
+}
+
+const CLIENT_COOKIE: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+const COOKIE_CONFIG: CookieConfig = CookieConfig {
+    master: [9; 16],
+    rotate_secs: 86_400,
+};
+const NOW: u64 = 1_700_000_000;
+
 // === harness ===
 
 /// What a reply of this kind must look like (checked outside the counted
@@ -293,6 +317,9 @@ fn assert_no_alloc(kind: &str, query: &[u8], transport: Transport, want: Expect)
     let handle = SnapshotHandle::new(Snapshot::try_from(&fixture()).unwrap(), false);
     let mut cache = handle.cache();
     let mut state = WorkerState::new();
+    // Cookies on, as in production.
+    state.cookies = CookieState::new(COOKIE_CONFIG);
+    state.cookies.set(Some([192, 0, 2, 1].into()), NOW);
     let mut out = vec![0u8; 65_535].into_boxed_slice();
 
     // Warm-up: arc_swap registers this thread once; the reply is checked.
@@ -545,6 +572,26 @@ fn any_edns_apex() {
 
 /// ECS hook: today the option is parsed and ignored; when EDNS Client Subnet
 /// lands (its own issue) this test keeps the ECS path allocation-free.
+#[test]
+fn cookie_client_only() {
+    let q = with_cookie(query("www.gslb.test.", RecordType::A), &[]);
+    let want = expect(ResponseCode::NoError, 4, false, true);
+    assert_no_alloc("A + client cookie", &q, Transport::Udp, want);
+}
+
+#[test]
+fn cookie_with_server_cookie() {
+    // A server cookie as this server would mint it: checked, then re-minted.
+    let mut state = CookieState::new(COOKIE_CONFIG);
+    state.set(Some([192, 0, 2, 1].into()), NOW - 60);
+    let opt = state
+        .reply(wire::Cookie::new(&CLIENT_COOKIE).as_ref())
+        .unwrap();
+    let q = with_cookie(query("www.gslb.test.", RecordType::A), &opt[12..]);
+    let want = expect(ResponseCode::NoError, 4, false, true);
+    assert_no_alloc("A + client and server cookie", &q, Transport::Udp, want);
+}
+
 #[test]
 fn ecs() {
     let q = with_ecs(query("www.gslb.test.", RecordType::A));

@@ -126,6 +126,18 @@ fn signed_answers_validate_over_udp_and_tcp() {
         .to_digest(&name("gslb.test."), DigestType::SHA256)
         .unwrap();
     assert_eq!(digest.as_ref().len(), 32);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    let want = format!(
+        "gslb.test. IN DS {} 13 2 {hex}",
+        sep[0].calculate_key_tag().unwrap()
+    );
+    let body = http_get(g.api, "/api/v1/dnssec/ds?zone=gslb.test").expect("REST DS");
+    assert!(body.contains(&want), "DS over REST: {body}, want {want}");
+    let status = http_get(g.api, "/api/v1/dnssec/status").expect("REST status");
+    assert!(
+        status.contains("\"enabled\":true") && status.contains("\"csk\""),
+        "{status}"
+    );
 
     for q in [
         ("www.gslb.test.", RecordType::A),

@@ -998,6 +998,44 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// `GET /api/v1/dnssec/ds?zone=`, gRPC `GetDs`, `opengslb dnssec ds`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DsRecords {
+    /// The zone, lower-case, no final dot.
+    pub zone: String,
+    /// One full DS line per secure-entry-point key, ready for the registrar.
+    pub ds: Vec<String>,
+}
+
+/// The DS records of `zone`.
+pub fn dnssec_ds(app: &App, zone: &str) -> Result<DsRecords, ApiError> {
+    let state = app.state()?;
+    let ds = state
+        .dnssec
+        .ds_records(zone)
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    Ok(DsRecords {
+        zone: zone.trim_end_matches('.').to_ascii_lowercase(),
+        ds,
+    })
+}
+
+/// `GET /api/v1/dnssec/status`, `opengslb dnssec status`: keys, tags, ages,
+/// signatures and the next expiry.
+pub async fn dnssec_status(app: &App) -> Result<crate::dnssec::DnssecStatus, ApiError> {
+    let state = app.state()?;
+    let sync = state
+        .config
+        .lock()
+        .await
+        .overwatch
+        .dnssec
+        .key_sync
+        .as_ref()
+        .is_some_and(|k| !k.peers.is_empty());
+    Ok(state.dnssec.status(sync))
+}
+
 /// RFC 3339 (UTC, seconds) of `t`.
 pub fn rfc3339(t: SystemTime) -> String {
     let ms = t

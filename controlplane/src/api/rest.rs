@@ -83,6 +83,8 @@ pub fn routes() -> Vec<Route> {
         ),
         (Method::POST, "/api/v1/config/reload", post(reload)),
         (Method::GET, "/api/v1/audit", get(audit)),
+        (Method::GET, "/api/v1/dnssec/ds", get(dnssec_ds)),
+        (Method::GET, "/api/v1/dnssec/status", get(dnssec_status)),
     ]
 }
 
@@ -290,6 +292,25 @@ async fn audit(State(app): State<App>, q: Result<Query<AuditQuery>, QueryRejecti
     let Query(q) = q.map_err(query_rejection)?;
     let entries = ops::audit(&app, q.limit).await?;
     Ok(Json(json!({"entries": entries})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZoneQuery {
+    #[serde(default)]
+    zone: Option<String>,
+}
+
+async fn dnssec_ds(State(app): State<App>, q: Result<Query<ZoneQuery>, QueryRejection>) -> Reply {
+    let Query(q) = q.map_err(query_rejection)?;
+    let zone = q
+        .zone
+        .ok_or_else(|| ApiError::BadRequest("the zone query parameter is required".into()))?;
+    Ok(Json(ops::dnssec_ds(&app, &zone)?).into_response())
+}
+
+async fn dnssec_status(State(app): State<App>) -> Reply {
+    Ok(Json(ops::dnssec_status(&app).await?).into_response())
 }
 
 async fn not_found() -> ApiError {
