@@ -41,24 +41,32 @@ pub async fn run(settings: DataplaneSettings) -> Result<()> {
         tokio::spawn(client::follow(uri, node_id.clone(), publisher.clone()));
     }
 
-    let cookies =
-        if settings.cookies.enabled {
-            let master = crate::cookie::load_secret(settings.cookies.secret_file.as_deref())
-                .map_err(|e| crate::error::Error::Config {
-                    file: settings
-                        .cookies
-                        .secret_file
-                        .as_ref()
-                        .map_or_else(|| "/dev/urandom".to_string(), |p| p.display().to_string()),
+    let cookies = if settings.cookies.enabled {
+        // A secret file that cannot be read or created must not keep the
+        // server down: fall back to a secret of this process (cookies then
+        // do not survive a restart nor work across anycast nodes).
+        let file = settings.cookies.secret_file.as_deref();
+        let master = match crate::cookie::load_secret(file) {
+            Ok(secret) => secret,
+            Err(e) => {
+                tracing::warn!(
+                    file = %file.map(|p| p.display().to_string()).unwrap_or_default(),
+                    error = %e,
+                    "cookie secret file unusable; using a secret of this process"
+                );
+                crate::cookie::load_secret(None).map_err(|e| crate::error::Error::Config {
+                    file: "/dev/urandom".to_string(),
                     message: format!("cookie secret: {e}"),
-                })?;
-            Some(crate::cookie::CookieConfig {
-                master,
-                rotate_secs: settings.cookies.rotate_secs.max(1),
-            })
-        } else {
-            None
+                })?
+            }
         };
+        Some(crate::cookie::CookieConfig {
+            master,
+            rotate_secs: settings.cookies.rotate_secs.max(1),
+        })
+    } else {
+        None
+    };
     let handle = publisher.ready().await;
     let shutdown = Arc::new(AtomicBool::new(false));
     let _threads = udp::spawn_workers(

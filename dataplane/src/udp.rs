@@ -319,3 +319,60 @@ impl Tally {
         add(&c.rrl_slipped, self.rrl_slipped);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{answer::tests::fixture, snapshot::Snapshot};
+
+    /// A real worker on loopback with loopback not exempt: 5 answers pass,
+    /// then every 2nd limited reply slips (TC=1, no answer), the rest drop.
+    #[test]
+    fn worker_rate_limits_over_udp() {
+        let socket = bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let snapshot = Snapshot::try_from(&fixture()).unwrap();
+        let handle = Arc::new(SnapshotHandle::new(snapshot, false));
+        let metrics = Metrics::new(1);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let rrl = RrlSettings {
+            responses_per_second: 5,
+            exempt: Vec::new(),
+            ..RrlSettings::default()
+        };
+        let worker = {
+            let (handle, metrics, shutdown) = (handle.clone(), metrics.clone(), shutdown.clone());
+            std::thread::spawn(move || {
+                run_worker(&socket, &handle, &metrics, &rrl, None, 0, &shutdown)
+            })
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        // www.gslb.test. A, no EDNS.
+        let mut q = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(b"\x03www\x04gslb\x04test\x00\x00\x01\x00\x01");
+        let (mut full, mut slipped) = (0, 0);
+        let mut buf = [0u8; 4096];
+        // All sent at once (well inside one second), then the replies read.
+        for _ in 0..15 {
+            client.send_to(&q, addr).unwrap();
+        }
+        while let Ok(n) = client.recv(&mut buf) {
+            if buf[2] & 0x02 != 0 {
+                assert_eq!(n, q.len(), "a slipped reply is header + question");
+                assert!(buf[2] & 0x04 != 0, "AA");
+                slipped += 1;
+            } else {
+                full += 1;
+            }
+        }
+        shutdown.store(true, Relaxed);
+        worker.join().unwrap();
+        assert_eq!((full, slipped), (5, 5));
+        let w = &metrics.udp[0];
+        assert_eq!(w.rrl_slipped.load(Relaxed), 5);
+        assert_eq!(w.rrl_dropped.load(Relaxed), 5);
+    }
+}

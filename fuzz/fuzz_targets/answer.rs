@@ -36,7 +36,9 @@ fuzz_target!(|data: &[u8]| {
         master: [7; 16],
         rotate_secs: 86_400,
     });
-    state.cookies.set(Some([192, 0, 2, 1].into()), 1_700_000_000);
+    state
+        .cookies
+        .set(Some([192, 0, 2, 1].into()), 1_700_000_000);
     let mut out = vec![0u8; 65_535];
     for transport in [Transport::Udp, Transport::Tcp] {
         if let Some(n) = answer(snapshot(), data, transport, &mut state, &mut out) {
