@@ -295,8 +295,10 @@ fn http_backend_that_stops_accepting_leaves_within_bound_and_comes_back() {
 fn thresholds_are_honoured_exactly() {
     let a = Backend::start("127.0.0.4", Kind::Http);
     let b = Backend::start("127.0.0.5", Kind::Http);
+    // A long interval next to the few milliseconds from decision to answer,
+    // so no extra probe can land between the decision and the count below.
     let check =
-        "{type: http, interval: 300ms, timeout: 150ms, failure_threshold: 4, success_threshold: 3}";
+        "{type: http, interval: 1s, timeout: 400ms, failure_threshold: 4, success_threshold: 3}";
     let g = Gslb::start_with(with(
         &region("th", &[&a, &b], check),
         "  - {name: th.gslb.test, regions: [th]}\n",
@@ -308,7 +310,7 @@ fn thresholds_are_honoured_exactly() {
     until(
         &g,
         "th.gslb.test",
-        Duration::from_secs(3),
+        Duration::from_secs(9),
         "leave",
         |_, ips| ips == [b.ip()],
     );
@@ -322,7 +324,7 @@ fn thresholds_are_honoured_exactly() {
     until(
         &g,
         "th.gslb.test",
-        Duration::from_secs(3),
+        Duration::from_secs(9),
         "return",
         |_, ips| ips == both,
     );
