@@ -145,25 +145,28 @@ fn sibling(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the opengslb binary")?;
     let dir = exe.parent().context("binary has no directory")?;
     let path = dir.join(name);
-    if !path.exists() {
-        if let Ok(cargo) = std::env::var("CARGO") {
-            let release = dir.ends_with("release");
+    // Under `cargo run` (CARGO is set), bring the sibling binaries up to date
+    // once per process, so a changed tree never runs stale ones.
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let ok = *BUILT.get_or_init(|| {
             let mut cmd = Command::new(cargo);
             cmd.args([
                 "build",
+                "-q",
                 "-p",
                 "opengslb-controlplane",
                 "-p",
                 "opengslb-dataplane",
             ]);
-            if release {
+            if dir.ends_with("release") {
                 cmd.arg("--release");
             }
             tracing::info!("building the controlplane and dataplane binaries");
-            let status = cmd.status().context("running cargo build")?;
-            if !status.success() {
-                bail!("cargo build failed");
-            }
+            cmd.status().is_ok_and(|s| s.success())
+        });
+        if !ok {
+            bail!("cargo build of the controlplane and dataplane failed");
         }
     }
     if !path.exists() {
