@@ -148,11 +148,13 @@ fn sibling(name: &str) -> Result<PathBuf> {
     // Under `cargo run` (CARGO is set), bring the sibling binaries up to date
     // once per process, so a changed tree never runs stale ones.
     static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if let Ok(cargo) = std::env::var("CARGO") {
+    // The workspace this binary was built from (absent on other machines).
+    let manifest = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"));
+    if let (Ok(cargo), true) = (std::env::var("CARGO"), manifest.exists()) {
         let ok = *BUILT.get_or_init(|| {
             let mut cmd = Command::new(cargo);
+            cmd.arg("build").arg("--manifest-path").arg(manifest);
             cmd.args([
-                "build",
                 "-q",
                 "-p",
                 "opengslb-controlplane",
