@@ -32,6 +32,8 @@ pub fn bin_dir() -> &'static Path {
             "opengslb-controlplane",
             "-p",
             "opengslb-dataplane",
+            "-p",
+            "opengslb-agent",
         ]);
         if dir.ends_with("release") {
             cmd.arg("--release");
