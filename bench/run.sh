@@ -15,7 +15,10 @@
 # Results land in bench/results/<UTC timestamp>/ unless --out is given.
 # Environment: ANCHORS (the run-anchors.sh folder, default
 # <repo>/../shared/bench), NO_BUILD=1 (skip cargo build), OPENGSLB_BIN (folder
-# of prebuilt binaries to measure instead of target/release).
+# of prebuilt binaries to measure instead of target/release), DEFENCES
+# (e.g. `on,off`: measure OpenGSLB once per setting of serve.sh's
+# OPENGSLB_BENCH_DEFENCES, as targets opengslb-on and opengslb-off, in the
+# same interleaved run; default: one target, opengslb, with the defaults).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -56,5 +59,12 @@ for a in "${args[@]}"; do [ "$a" = --out ] && have_out=1; done
 [ $have_out = 1 ] || args+=(--out "$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)")
 
 export OPENGSLB_BIN=$BIN OPENGSLB_BENCH_CACHE=$CACHE
-exec "$ANCHORS/run-anchors.sh" \
-  --target-cmd "opengslb=$HERE/serve.sh {port} {threads} {zonefile} {rundir}" "${args[@]}"
+targets=()
+if [ -n "${DEFENCES:-}" ]; then
+  for d in ${DEFENCES//,/ }; do
+    targets+=(--target-cmd "opengslb-$d=env OPENGSLB_BENCH_DEFENCES=$d $HERE/serve.sh {port} {threads} {zonefile} {rundir}")
+  done
+else
+  targets=(--target-cmd "opengslb=$HERE/serve.sh {port} {threads} {zonefile} {rundir}")
+fi
+exec "$ANCHORS/run-anchors.sh" "${targets[@]}" "${args[@]}"

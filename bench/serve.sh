@@ -10,7 +10,15 @@
 #
 # Environment: OPENGSLB_BIN (folder with the release binaries, default
 # <repo>/target/release), OPENGSLB_BENCH_CACHE (folder of zone fragments
-# rendered ahead by run.sh; a missing one is rendered here).
+# rendered ahead by run.sh; a missing one is rendered here),
+# OPENGSLB_BENCH_DEFENCES (unset: the defaults, where RRL exempts loopback so
+# dnsperf never reaches the limiter; `on`: RRL with no exempt networks and a
+# limit no run reaches, so every reply pays the full limiter, plus cookies;
+# `off`: RRL and cookies switched off; `mix`: see attack-mix.sh),
+# OPENGSLB_BENCH_METRICS (dataplane /metrics address, default none),
+# OPENGSLB_BENCH_DNSSEC (`off`, the default, like the anchors' unsigned zone;
+# `on`: the zone is signed), OPENGSLB_BENCH_LOG (log level of both, default
+# `warn`; bench/load.sh reads the dataplane's `info` lines).
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 PORT THREADS ZONEFILE RUNDIR" >&2; exit 2; }
 PORT=$1 THREADS=$2 ZONEFILE=$3 RUN=$4
@@ -26,23 +34,47 @@ if ! [ -s "$frag" ] || [ "$ZONEFILE" -nt "$frag" ]; then
 fi
 ln -sf "$frag" "$RUN/zone.yaml"
 
+case "${OPENGSLB_BENCH_DEFENCES:-}" in
+  "")  DEFENCES="  cookies: {secret_file: cookie.secret}" ;;
+  on)  DEFENCES="  rrl: {enabled: true, exempt: [], responses_per_second: 100000000}
+  cookies: {enabled: true, secret_file: cookie.secret}" ;;
+  off) DEFENCES="  rrl: {enabled: false}
+  cookies: {enabled: false}" ;;
+  # attack-mix.sh: defaults, but only the legitimate client (127.0.0.1) is
+  # exempt from RRL, and a TCP cap small enough to attack with 2 x cap.
+  mix) DEFENCES="  rrl: {exempt: [127.0.0.1/32]}
+  tcp: {max_connections: ${OPENGSLB_BENCH_TCP_CAP:-64}}
+  cookies: {secret_file: cookie.secret}" ;;
+  *) echo "serve.sh: OPENGSLB_BENCH_DEFENCES must be on, off or mix" >&2; exit 2 ;;
+esac
+
+# The anchors serve the zone unsigned: so does OpenGSLB here, unless
+# OPENGSLB_BENCH_DNSSEC=on (then every name carries its RRSIGs and NSEC).
+case "${OPENGSLB_BENCH_DNSSEC:-off}" in
+  off) DNSSEC="  dnssec: {enabled: false, security_acknowledgment: \"benchmark: the anchors serve this zone unsigned\"}" ;;
+  on)  DNSSEC="" ;;
+  *) echo "serve.sh: OPENGSLB_BENCH_DNSSEC must be on or off" >&2; exit 2 ;;
+esac
+
 GRPC=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$RUN/gslb.yaml" <<YAML
 includes: [zone.yaml]
-logging: {level: warn, format: text}
+logging: {level: ${OPENGSLB_BENCH_LOG:-warn}, format: text}
 dns:
   listen_address: "127.0.0.1:$PORT"
 dataplane:
   workers: $THREADS
   controlplanes: ["127.0.0.1:$GRPC"]
   cache_dir: dp-cache
-  metrics_address: null
+  metrics_address: ${OPENGSLB_BENCH_METRICS:-null}
+$DEFENCES
 metrics: {enabled: false}
 api: {enabled: false}
 overwatch:
   identity: {node_id: bench}
   grpc_address: "127.0.0.1:$GRPC"
   data_dir: cp-data
+$DNSSEC
 YAML
 chmod 600 "$RUN/gslb.yaml"
 
@@ -63,5 +95,11 @@ for _ in $(seq 1 3000); do
   fi
   sleep 0.01
 done
-exec "$BIN/opengslb-dataplane" --listen "127.0.0.1:$PORT" --workers "$THREADS" \
-  --controlplane "127.0.0.1:$GRPC" --cache-dir "$RUN/dp-cache" --log-level warn --log-format text
+# The dataplane's settings come from the same YAML (RRL and cookies included),
+# read without the zone include: it holds no dataplane setting, and parsing
+# 100k records twice would count twice in the load time.
+grep -v '^includes:' "$RUN/gslb.yaml" > "$RUN/dataplane-settings.yaml"
+chmod 600 "$RUN/dataplane-settings.yaml"
+"$BIN/opengslb-controlplane" --config "$RUN/dataplane-settings.yaml" dataplane-config > "$RUN/dataplane.json"
+exec "$BIN/opengslb-dataplane" --config "$RUN/dataplane.json" --listen "127.0.0.1:$PORT" --workers "$THREADS" \
+  --controlplane "127.0.0.1:$GRPC" --cache-dir "$RUN/dp-cache" --log-level "${OPENGSLB_BENCH_LOG:-warn}" --log-format text

@@ -142,6 +142,8 @@ pub(crate) enum Command {
         /// Domain name.
         service: Option<String>,
     },
+    /// `dnssec …`.
+    Dnssec(crate::dnssec::DnssecCmd),
 }
 
 // === impl Connection ===
@@ -217,6 +219,7 @@ async fn run_async(cmd: Command, conn: &Connection, config: Option<&Path>) -> Re
     let token = conn.token()?;
     let token = token.as_deref();
     match cmd {
+        Command::Dnssec(c) => crate::dnssec::run(&mut client, c, out).await?,
         Command::Status => {
             let s = client
                 .get_status(GetStatusRequest {})
@@ -445,7 +448,7 @@ fn authorized<T>(token: Option<&str>, msg: T) -> Result<Request<T>> {
     Ok(req)
 }
 
-fn rpc(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", s.message(), s.code())
 }
 

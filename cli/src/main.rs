@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod dnssec;
 mod output;
 
 /// OpenGSLB command-line tool.
@@ -75,6 +76,11 @@ enum Cmd {
     },
     /// Reload the controlplane's config file (validated first).
     Reload,
+    /// DNSSEC: DS records for the registrar, signing and key status.
+    Dnssec {
+        #[command(subcommand)]
+        command: dnssec::DnssecCmd,
+    },
     /// Stream health changes as they are published.
     Watch {
         /// Only this service (domain name).
@@ -121,6 +127,7 @@ fn main() -> ExitCode {
         Cmd::Geo { command } => remote(admin::Command::Geo(command)),
         Cmd::Reload => remote(admin::Command::Reload),
         Cmd::Watch { service } => remote(admin::Command::Watch { service }),
+        Cmd::Dnssec { command } => remote(admin::Command::Dnssec(command)),
         Cmd::Version => {
             println!("opengslb {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -195,7 +202,39 @@ fn validate(config: &Path) -> Result<ExitCode> {
     })
 }
 
+/// `opengslb up` is the quickstart: a config of ours that other users may
+/// read (a fresh checkout's `examples/gslb.yaml` is 0644) loses the "other"
+/// permission bits, since the controlplane refuses such a file. A file owned
+/// by someone else is left alone (the controlplane then says why it stops).
+fn restrict_config(config: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(config) else {
+        return Ok(()); // the controlplane reports a missing file
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o007 == 0 || meta.uid() != effective_uid() {
+        return Ok(());
+    }
+    let restricted = mode & 0o7770;
+    std::fs::set_permissions(config, std::fs::Permissions::from_mode(restricted))
+        .with_context(|| format!("restricting the permissions of {}", config.display()))?;
+    tracing::warn!(
+        config = %config.display(),
+        from = format!("{:04o}", mode & 0o7777),
+        to = format!("{:04o}", restricted & 0o7777),
+        "config file was readable by other users; removed their access (the controlplane refuses such a file)"
+    );
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 fn up(config: &Path, state_dir: &Path) -> Result<ExitCode> {
+    restrict_config(config)?;
     let cp_bin = sibling("opengslb-controlplane")?;
     let dp_bin = sibling("opengslb-dataplane")?;
     std::fs::create_dir_all(state_dir)

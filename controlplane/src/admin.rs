@@ -10,7 +10,7 @@ use futures::Stream;
 use opengslb_proto::{
     admin_service_server::{AdminService, AdminServiceServer},
     AddGeoMappingRequest, DeleteOverrideRequest, DeleteOverrideResponse, GeoLookupRequest,
-    GeoLookupResponse, GeoMapping, GetDsRequest, GetDsResponse, GetStatusRequest,
+    GeoLookupResponse, GeoMapping, GetDnssecStatusRequest, GetDnssecStatusResponse, GetDsRequest, GetDsResponse, GetStatusRequest,
     GetStatusResponse, HealthEvent, ListGeoMappingsRequest, ListGeoMappingsResponse,
     ListOverridesRequest, ListOverridesResponse, ListServersRequest, ListServersResponse, Override,
     ReloadConfigRequest, ReloadConfigResponse, RemoveGeoMappingRequest, RemoveGeoMappingResponse,
@@ -221,6 +221,15 @@ impl AdminService for Admin {
         self.guard(&req, false)?;
         let ds = ops::dnssec_ds(&self.app, &req.into_inner().zone)?;
         Ok(Response::new(GetDsResponse { ds: ds.ds }))
+    }
+
+    async fn get_dnssec_status(
+        &self,
+        req: Request<GetDnssecStatusRequest>,
+    ) -> Reply<GetDnssecStatusResponse> {
+        self.guard(&req, false)?;
+        let st = ops::dnssec_status(&self.app).await?;
+        Ok(Response::new(crate::dnssec::status_proto(&st)))
     }
 
     async fn watch_health(

@@ -16,10 +16,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use opengslb_proto::{
-    rtype, AnswerPlan, Candidate, GeoTable, Node, Policy, RRset, ServeOptions, Snapshot,
+    rtype, AnswerPlan, Candidate, Node, Policy, RRset, ServeOptions, Snapshot,
     WhenAllDown, Zone,
 };
 
@@ -27,8 +28,13 @@ use crate::config::{
     Config, DnsName, DomainConfig, HealthCheckType, RoutingAlgorithm, ServerRef, WhenAllDownConfig,
 };
 use crate::dnssec::{Dnssec, Signer};
+use crate::geo::{GeoDb, RangeTable, VersionedTable};
+use crate::store::GeoMappingRow;
 
+pub mod routing;
 pub mod wire;
+
+pub use routing::{LatencyReport, LatencySample, GEO_ANY_REGION};
 
 #[cfg(test)]
 mod tests;
@@ -55,6 +61,49 @@ pub trait HealthView {
     fn overridden(&self, _domain: &DnsName, _server: &ServerRef<'_>) -> Option<ServerHealth> {
         None
     }
+
+    /// The latency EMA of `server` and its sample count (latency policy);
+    /// `None` when never measured.
+    fn latency(&self, _server: &ServerRef<'_>) -> Option<LatencySample> {
+        None
+    }
+
+    /// Health of `server` in a region that is not probed
+    /// (`health_check.type: none`): healthy unless an agent says otherwise
+    /// (see `crate::overwatch`).
+    fn unprobed(&self, _server: &ServerRef<'_>) -> ServerHealth {
+        ServerHealth::UP
+    }
+
+    /// The weight to serve `server` with; `configured` unless predictive
+    /// draining lowers it.
+    fn weight(&self, _server: &ServerRef<'_>, configured: u32) -> u32 {
+        configured
+    }
+
+    /// Backends registered at run time (by agents) for `domain`, beyond its
+    /// configured servers; a registered address equal to a configured
+    /// server's is that server and is skipped.
+    fn registered(&self, _domain: &DnsName) -> Vec<Registered> {
+        Vec::new()
+    }
+}
+
+/// A backend an agent registered for a domain (see [`HealthView::registered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Weight (after predictive draining).
+    pub weight: u32,
+    /// Index of the region it counts in (geolocation).
+    pub region_index: usize,
+    /// That region's name.
+    pub region: String,
+    /// Its health.
+    pub health: ServerHealth,
 }
 
 /// The health view that calls every server healthy (since forever).
@@ -70,6 +119,20 @@ pub struct Compiler {
     memory: BTreeMap<(DnsName, u32), FamilyMemory>,
     /// DNSSEC signer (with its signature cache), when signing.
     signer: Option<Signer>,
+    /// What the geo range table is compiled from besides the config.
+    geo_inputs: GeoInputs,
+    /// The table of the last compile, with the config fingerprint and
+    /// inputs version it was built from.
+    geo: Option<(Vec<u8>, u64, VersionedTable)>,
+}
+
+/// The geo range table's inputs other than the config.
+#[derive(Debug, Default)]
+struct GeoInputs {
+    db: Option<Arc<GeoDb>>,
+    runtime: Arc<Vec<GeoMappingRow>>,
+    /// Bumped on every change.
+    version: u64,
 }
 
 /// The output of one compile.
@@ -83,6 +146,11 @@ pub struct Compiled {
     /// with the mode (`"servfail"`, `"all"` or `"last_healthy"`), once per
     /// domain, in config order.
     pub all_down: Vec<(String, &'static str)>,
+    /// The geo range table in the snapshot (the one `/api/v1/geo/test`
+    /// answers from).
+    pub geo: VersionedTable,
+    /// Latency decisions of this compile, per domain and family.
+    pub latency: Vec<LatencyReport>,
 }
 
 /// What the compiler remembers of one domain's family.
@@ -105,6 +173,7 @@ struct Member {
     weight: u32,
     region: u32,
     health: ServerHealth,
+    latency: Option<LatencySample>,
 }
 
 /// One plan compiled, and what the caller must learn of it.
@@ -113,6 +182,7 @@ struct PlanOutcome {
     /// The `when_all_down` fallback is in effect.
     all_down: bool,
     recompile_at: Option<SystemTime>,
+    latency: Option<LatencyReport>,
 }
 
 // === impl ServerHealth ===
@@ -160,6 +230,45 @@ impl Compiler {
             signer: Some(Signer::new(dnssec)),
             ..Self::default()
         }
+    }
+
+    /// Sets the GeoIP database (`None`: none configured) the geo range
+    /// table is compiled from, from the next compile on.
+    pub fn set_geo_db(&mut self, db: Option<Arc<GeoDb>>) {
+        self.geo_inputs.db = db;
+        self.geo_inputs.version += 1;
+    }
+
+    /// The GeoIP database in use.
+    pub fn geo_db(&self) -> Option<Arc<GeoDb>> {
+        self.geo_inputs.db.clone()
+    }
+
+    /// Sets the runtime geo mappings (the store's), from the next compile on.
+    pub fn set_geo_mappings(&mut self, rows: Arc<Vec<GeoMappingRow>>) {
+        self.geo_inputs.runtime = rows;
+        self.geo_inputs.version += 1;
+    }
+
+    /// The geo range table for `cfg`: rebuilt only when the config's geo
+    /// part or the inputs changed, and published under a new generation
+    /// only when its content did.
+    fn geo_table(&mut self, cfg: &Config, generation: u64) -> VersionedTable {
+        let key = geo_fingerprint(cfg);
+        let version = self.geo_inputs.version;
+        if let Some((k, v, t)) = &self.geo {
+            if *k == key && *v == version {
+                return t.clone();
+            }
+        }
+        let table = RangeTable::build(
+            cfg,
+            self.geo_inputs.db.as_deref(),
+            &self.geo_inputs.runtime,
+        );
+        let next = VersionedTable::next(self.geo.as_ref().map(|g| &g.2), table, generation);
+        self.geo = Some((key, version, next.clone()));
+        next
     }
 
     /// Compiles `cfg` into a snapshot of `generation`, with SOA `serial`.
@@ -210,6 +319,7 @@ impl Compiler {
                     }),
                     dnskey: None,
                     negative_ttl: soa.ttl.min(soa.minimum),
+                    nsec3: None,
                 }
             })
             .collect();
@@ -243,6 +353,7 @@ impl Compiler {
 
         let mut recompile_at: Option<SystemTime> = None;
         let mut all_down = Vec::new();
+        let mut latency = Vec::new();
         let mut live = HashSet::new();
         for domain in &cfg.domains {
             let Some(zi) = cfg.zone_of(&domain.name) else {
@@ -265,6 +376,7 @@ impl Compiler {
                 live.insert(key);
                 down |= out.all_down;
                 recompile_at = earliest(recompile_at, out.recompile_at);
+                latency.extend(out.latency);
                 nodes.entry(&domain.name, zi).plans.push(out.plan);
             }
             if down {
@@ -274,18 +386,14 @@ impl Compiler {
         // Forget domains and families that left the config.
         self.memory.retain(|k, _| live.contains(k));
         nodes.add_empty_non_terminals(cfg);
+        let geo = self.geo_table(cfg, generation);
 
         let mut snapshot = Snapshot {
             generation,
             origin: cfg.overwatch.identity.node_id.clone(),
             zones,
             nodes: nodes.finish(),
-            geo: Some(GeoTable {
-                generation: 1,
-                regions: cfg.regions.iter().map(|r| r.name.clone()).collect(),
-                v4: Vec::new(),
-                v6: Vec::new(),
-            }),
+            geo: Some(geo.table.to_proto(geo.generation)),
             options: Some(ServeOptions {
                 edns_udp_size: u32::from(cfg.dataplane.edns_udp_size),
                 ecs_enabled: cfg.overwatch.geolocation.ecs_enabled,
@@ -301,6 +409,8 @@ impl Compiler {
             snapshot,
             recompile_at,
             all_down,
+            geo,
+            latency,
         }
     }
 }
@@ -310,6 +420,7 @@ impl Compiler {
 /// The servers of `domain`, in config order (its regions in its order,
 /// servers in region order), deduplicated by address, with their health.
 fn members(cfg: &Config, domain: &DomainConfig, health: &dyn HealthView) -> Vec<Member> {
+    let health_view = health;
     let mut seen = HashSet::new();
     let mut members = Vec::new();
     for region_name in &domain.regions {
@@ -329,20 +440,43 @@ fn members(cfg: &Config, domain: &DomainConfig, health: &dyn HealthView) -> Vec<
                 address: server.address,
                 port: server.port,
             };
+            let latency = health.latency(&server_ref);
             let health = if let Some(forced) = health.overridden(&domain.name, &server_ref) {
                 forced
             } else if always {
-                ServerHealth::UP
+                health.unprobed(&server_ref)
             } else {
                 health.health(&server_ref)
             };
             members.push(Member {
                 address: server.address,
-                weight: server.weight,
+                weight: health_view.weight(&server_ref, server.weight),
                 region: u32::try_from(ri).unwrap_or(u32::MAX),
                 health,
+                latency,
             });
         }
+    }
+    for r in health_view.registered(&domain.name) {
+        if !seen.insert(r.address) {
+            continue;
+        }
+        let server_ref = ServerRef {
+            region_index: r.region_index,
+            region: &r.region,
+            server_index: usize::MAX,
+            address: r.address,
+            port: r.port,
+        };
+        members.push(Member {
+            address: r.address,
+            weight: r.weight,
+            region: u32::try_from(r.region_index).unwrap_or(u32::MAX),
+            health: health_view
+                .overridden(&domain.name, &server_ref)
+                .unwrap_or(r.health),
+            latency: None,
+        });
     }
     members
 }
@@ -372,9 +506,11 @@ fn plan(
     };
     let ttl = domain.ttl.unwrap_or(cfg.dns.default_ttl);
     let round_robin = algorithm == RoutingAlgorithm::RoundRobin;
+    // Round-robin and geolocation answer the whole (region's) set by default.
+    let whole_set = round_robin || algorithm == RoutingAlgorithm::Geolocation;
     let max_answers = domain
         .max_answers
-        .unwrap_or(if round_robin { 0 } else { 1 });
+        .unwrap_or(if whole_set { 0 } else { 1 });
     // A weighted server of weight 0 is never answered: it counts as absent.
     let servable = |m: &&&Member| algorithm != RoutingAlgorithm::Weighted || m.weight > 0;
 
@@ -441,25 +577,53 @@ fn plan(
         rdata,
         rrsig: Vec::new(),
     };
-    let candidates = if round_robin {
-        if chosen.is_empty() {
+    let set = |ms: &[&Member]| rrset(ms.iter().map(|m| rdata(m)).collect());
+    let one = |ms: &[&Member]| {
+        if ms.is_empty() {
             Vec::new()
         } else {
             vec![Candidate {
-                rrset: Some(rrset(chosen.iter().map(|m| rdata(m)).collect())),
+                rrset: Some(set(ms)),
                 weight: 1,
                 region: 0,
+                geo_fallback: 0,
             }]
         }
-    } else {
-        chosen
+    };
+    let mut latency = None;
+    let candidates = match algorithm {
+        RoutingAlgorithm::RoundRobin => one(&chosen),
+        // Each region's set, its fallback resolved here; under
+        // `when_all_down` fallback every client gets the fallback set.
+        RoutingAlgorithm::Geolocation if !all_down => {
+            let mut c = routing::geo_candidates(cfg, &chosen, &set);
+            let any = c.first().and_then(|c| c.rrset.clone());
+            routing::mark_exhausted(&mut c, family, any);
+            c
+        }
+        RoutingAlgorithm::Geolocation => {
+            let mut c = one(&chosen);
+            for x in &mut c {
+                x.region = GEO_ANY_REGION;
+            }
+            c
+        }
+        RoutingAlgorithm::Latency if !all_down => {
+            let lc = domain.latency_config.clone().unwrap_or_default();
+            let (pick, report) = routing::latency_pick(&domain.name.to_string(), &lc, &chosen);
+            latency = Some(report);
+            one(&pick)
+        }
+        RoutingAlgorithm::Latency => one(&chosen),
+        RoutingAlgorithm::Weighted | RoutingAlgorithm::Failover => chosen
             .iter()
             .map(|m| Candidate {
                 rrset: Some(rrset(vec![rdata(m)])),
                 weight: m.weight,
                 region: m.region,
+                geo_fallback: 0,
             })
-            .collect()
+            .collect(),
     };
     let outcome = PlanOutcome {
         plan: AnswerPlan {
@@ -468,9 +632,12 @@ fn plan(
             max_answers,
             candidates,
             when_all_down: when_all_down.into(),
+            ecs_max_prefix_v4: u32::from(domain.ecs_max_prefix_v4),
+            ecs_max_prefix_v6: u32::from(domain.ecs_max_prefix_v6),
         },
         all_down,
         recompile_at,
+        latency,
     };
     (outcome, next)
 }
@@ -519,6 +686,19 @@ fn failover_order<'m>(
         }
     }
     (order, remember, until)
+}
+
+/// What of `cfg` the geo range table depends on, as bytes to compare.
+fn geo_fingerprint(cfg: &Config) -> Vec<u8> {
+    let geo = &cfg.overwatch.geolocation;
+    let mut s = format!("{:?}\u{1}", geo.default_region);
+    for r in &cfg.regions {
+        s.push_str(&format!("{}|{:?}|{:?}\u{1}", r.name, r.countries, r.continents));
+    }
+    for m in &geo.custom_mappings {
+        s.push_str(&format!("{}|{}\u{1}", m.cidr, m.region));
+    }
+    s.into_bytes()
 }
 
 fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {

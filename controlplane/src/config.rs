@@ -227,10 +227,16 @@ pub struct DataplaneConfig {
 pub struct TcpConfig {
     /// Close a connection idle this long.
     pub idle_timeout: Duration,
-    /// Give up on one read or write after this long.
+    /// Give up on one message (first octet to last) or one write after this long.
     pub io_timeout: Duration,
     /// Concurrent connections per dataplane.
     pub max_connections: usize,
+    /// Concurrent connections per TCP worker; 0 = `max_connections`.
+    pub max_connections_per_worker: usize,
+    /// Replies queued per connection before they must be written.
+    pub max_output_bytes: usize,
+    /// Past this share of a cap (percent), a new connection gets one query.
+    pub one_shot_percent: u8,
 }
 
 /// `dataplane.rrl`.
@@ -251,6 +257,8 @@ pub struct RrlConfig {
     pub window: Duration,
     /// Networks never limited.
     pub exempt: Vec<IpNet>,
+    /// Log a limited network at most once per this long (0 = never).
+    pub log_interval: Duration,
 }
 
 /// `dataplane.cookies`.
@@ -561,6 +569,20 @@ pub struct DnssecConfig {
     /// private keys at rest (AES-256-GCM); unset = stored plainly, with a
     /// start-up warning.
     pub key_encryption_key_file: Option<PathBuf>,
+    /// Authenticated denial: NSEC (default) or NSEC3 (RFC 9276 parameters).
+    pub denial: DnssecDenial,
+}
+
+/// `overwatch.dnssec.denial`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnssecDenial {
+    /// NSEC over the zone's owner names (RFC 4034).
+    #[default]
+    Nsec,
+    /// NSEC3, SHA-1, 0 extra iterations, empty salt, no opt-out (RFC 5155,
+    /// RFC 9276).
+    Nsec3,
 }
 
 /// `overwatch.dnssec.algorithm`.
@@ -615,6 +637,10 @@ pub struct AgentIdentityConfig {
     pub cert_path: Option<PathBuf>,
     /// Agent private key.
     pub key_path: Option<PathBuf>,
+    /// PEM CA file that signs the controlplanes' agent-listener
+    /// certificates; unset = pin each controlplane's certificate on first
+    /// contact.
+    pub controlplane_ca: Option<PathBuf>,
 }
 
 /// `agent.backends[]`.
@@ -699,8 +725,10 @@ pub struct ServerRef<'a> {
     pub port: u16,
 }
 
-/// Loads, merges `includes:` and validates the config at `path`.
+/// Loads, merges `includes:` and validates the config at `path`. The file
+/// must not be readable by other users (it may hold secrets).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    include::check_main_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_owned(),
         source,
@@ -788,6 +816,9 @@ impl Config {
                 fix(p);
             }
             if let Some(p) = &mut agent.identity.key_path {
+                fix(p);
+            }
+            if let Some(p) = &mut agent.identity.controlplane_ca {
                 fix(p);
             }
         }
@@ -945,6 +976,9 @@ impl Default for TcpConfig {
             idle_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_millis(500),
             max_connections: 1024,
+            max_connections_per_worker: 0,
+            max_output_bytes: 65_536,
+            one_shot_percent: 90,
         }
     }
 }
@@ -962,6 +996,7 @@ impl Default for RrlConfig {
                 .into_iter()
                 .filter_map(net)
                 .collect(),
+            log_interval: Duration::from_secs(60),
         }
     }
 }
@@ -1086,6 +1121,7 @@ impl Default for DnssecConfig {
             key_sync: None,
             split_keys: false,
             key_encryption_key_file: None,
+            denial: DnssecDenial::Nsec,
         }
     }
 }

@@ -27,7 +27,9 @@ use crate::error::{Error, Result};
 use crate::store::{DnssecKeyRow, Store};
 
 pub mod keys;
+pub mod metrics;
 pub mod nsec;
+pub mod nsec3;
 pub mod sign;
 
 #[cfg(test)]
@@ -69,6 +71,29 @@ struct Inner {
     encrypted_at_rest: bool,
     keyring: Arc<Keyring>,
     stats: SigningStats,
+    /// Metrics: the signing-pass histogram (when a collector exists), RRSIGs
+    /// made per zone, key sync outcomes.
+    latency: Option<prometheus::Histogram>,
+    signatures_total: BTreeMap<String, u64>,
+    sync_success: u64,
+    sync_failures: BTreeMap<String, u64>,
+}
+
+/// What [`metrics::DnssecCollector`] reads at a scrape.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    /// Signing is on.
+    pub enabled: bool,
+    /// Keys in force.
+    pub keyring: Arc<Keyring>,
+    /// Per zone (wire apex): earliest signature expiration.
+    pub zone_next_expiry: Vec<(Vec<u8>, Option<u64>)>,
+    /// RRSIGs made, per zone (presentation form).
+    pub signatures_total: BTreeMap<String, u64>,
+    /// Successful key sync polls.
+    pub sync_success: u64,
+    /// Failed key sync polls per peer.
+    pub sync_failures: BTreeMap<String, u64>,
 }
 
 /// Numbers of the last signing pass.
@@ -84,6 +109,8 @@ pub struct SigningStats {
     pub next_expiry_unix: Option<u64>,
     /// Per zone (wire apex): earliest signature expiration.
     pub zone_next_expiry_unix: Vec<(Vec<u8>, Option<u64>)>,
+    /// Per zone (wire apex): RRSIGs made by the last pass.
+    pub zone_signed: Vec<(Vec<u8>, usize)>,
 }
 
 /// `GET /api/v1/dnssec/status`, `opengslb dnssec status`.
@@ -282,7 +309,50 @@ impl Dnssec {
     }
 
     pub(crate) fn record(&self, stats: SigningStats) {
-        self.write().stats = stats;
+        let mut inner = self.write();
+        if let Some(h) = &inner.latency {
+            h.observe(stats.signing_micros as f64 / 1e6);
+        }
+        for (apex, n) in &stats.zone_signed {
+            *inner
+                .signatures_total
+                .entry(presentation(apex))
+                .or_default() += *n as u64;
+        }
+        inner.stats = stats;
+    }
+
+    /// Times signing passes into `h` (the metrics collector's histogram).
+    pub(crate) fn set_latency_histogram(&self, h: prometheus::Histogram) {
+        self.write().latency = Some(h);
+    }
+
+    /// Counts a key sync poll of `peer`: success or failure.
+    pub fn record_sync(&self, peer: &str, ok: bool) {
+        let mut inner = self.write();
+        if ok {
+            inner.sync_success += 1;
+        } else {
+            *inner.sync_failures.entry(peer.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// What the metrics collector reads.
+    pub fn counters(&self) -> Counters {
+        let inner = self.read();
+        Counters {
+            enabled: inner.enabled,
+            keyring: inner.keyring.clone(),
+            zone_next_expiry: inner.stats.zone_next_expiry_unix.clone(),
+            signatures_total: inner.signatures_total.clone(),
+            sync_success: inner.sync_success,
+            sync_failures: inner.sync_failures.clone(),
+        }
+    }
+
+    /// The metrics collector of this DNSSEC state, to register once.
+    pub fn collector(&self) -> Result<metrics::DnssecCollector> {
+        metrics::DnssecCollector::new(self.clone()).map_err(|e| Error::Metrics(e.to_string()))
     }
 
     /// The DS records of `zone` (presentation form, no final dot needed),
@@ -388,6 +458,42 @@ impl Dnssec {
 }
 
 // === functions ===
+
+/// [`DnssecStatus`] as gRPC `AdminService.GetDnssecStatus` answers it.
+pub fn status_proto(st: &DnssecStatus) -> opengslb_proto::GetDnssecStatusResponse {
+    use opengslb_proto::{DnssecKey, DnssecZone, GetDnssecStatusResponse};
+    GetDnssecStatusResponse {
+        enabled: st.enabled,
+        algorithm: st.algorithm.unwrap_or_default().to_owned(),
+        keys_encrypted_at_rest: st.keys_encrypted_at_rest,
+        signatures: st.signatures as u64,
+        signed_last_pass: st.signed_last_pass as u64,
+        last_signing_ms: st.last_signing_ms,
+        next_expiry_unix: st.next_expiry_unix.unwrap_or(0),
+        zones: st
+            .zones
+            .iter()
+            .map(|z| DnssecZone {
+                zone: z.zone.clone(),
+                keys: z
+                    .keys
+                    .iter()
+                    .map(|k| DnssecKey {
+                        key_tag: u32::from(k.key_tag),
+                        role: k.role.as_str().to_owned(),
+                        algorithm: u32::from(k.algorithm),
+                        flags: u32::from(k.flags),
+                        created_unix: k.created_unix,
+                        age_seconds: k.age_seconds,
+                    })
+                    .collect(),
+                ds: z.ds.clone(),
+                next_expiry_unix: z.next_expiry_unix.unwrap_or(0),
+            })
+            .collect(),
+        key_sync_state: st.key_sync.state.to_owned(),
+    }
+}
 
 /// A stored key, decrypted when sealed.
 fn load_key(

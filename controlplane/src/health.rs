@@ -64,6 +64,8 @@ pub struct View {
     /// Probing is off (`overwatch.validation.enabled: false`): all healthy.
     off: bool,
     servers: HashMap<(usize, usize), ServerHealth>,
+    /// Latency EMA and samples of each probed server that has any.
+    latency: HashMap<(usize, usize), crate::compile::LatencySample>,
     /// Healthy servers per region, config order.
     pub healthy_per_region: Vec<(String, usize)>,
 }
@@ -141,12 +143,18 @@ impl Health {
     pub fn view(&self, cfg: &Config) -> View {
         let off = !cfg.overwatch.validation.enabled;
         let mut servers = HashMap::new();
+        let mut latency = HashMap::new();
         if !off {
             for p in plan(cfg) {
-                let health = self
-                    .prober
-                    .status(&p.target)
-                    .map_or(ServerHealth::DOWN, server_health);
+                let status = self.prober.status(&p.target);
+                if let Some(ema) = status.as_ref().and_then(|s| s.latency_ema) {
+                    let samples = status.as_ref().map_or(0, |s| s.samples);
+                    latency.insert(
+                        (p.region_index, p.server_index),
+                        crate::compile::LatencySample { ema, samples },
+                    );
+                }
+                let health = status.map_or(ServerHealth::DOWN, server_health);
                 servers.insert((p.region_index, p.server_index), health);
             }
         }
@@ -168,6 +176,7 @@ impl Health {
         View {
             off,
             servers,
+            latency,
             healthy_per_region,
         }
     }
@@ -235,6 +244,12 @@ impl HealthView for View {
             .copied()
             .unwrap_or(ServerHealth::DOWN)
     }
+
+    fn latency(&self, server: &ServerRef<'_>) -> Option<crate::compile::LatencySample> {
+        self.latency
+            .get(&(server.region_index, server.server_index))
+            .copied()
+    }
 }
 
 /// Every probed server of `cfg` with its target (none when validation is off).
@@ -282,7 +297,7 @@ fn plan(cfg: &Config) -> Vec<Planned> {
 
 /// The check of a server of a region with `hc`; `None` for `type: none`.
 /// The server's own `host` wins over the region's.
-fn check_of(hc: &HealthCheckConfig, server_host: Option<&str>) -> Option<Check> {
+pub fn check_of(hc: &HealthCheckConfig, server_host: Option<&str>) -> Option<Check> {
     let kind = match hc.kind {
         HealthCheckType::Http => CheckKind::Http,
         HealthCheckType::Https => CheckKind::Https,

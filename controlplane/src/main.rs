@@ -98,6 +98,9 @@ fn dataplane_settings(cfg: &Config) -> String {
             "idle_timeout_ms": dp.tcp.idle_timeout.get().as_millis() as u64,
             "io_timeout_ms": dp.tcp.io_timeout.get().as_millis() as u64,
             "max_connections": dp.tcp.max_connections,
+            "max_connections_per_worker": dp.tcp.max_connections_per_worker,
+            "max_output_bytes": dp.tcp.max_output_bytes,
+            "one_shot_percent": dp.tcp.one_shot_percent,
         },
         "logging": {"level": level, "format": format},
         "rrl": {
@@ -108,6 +111,7 @@ fn dataplane_settings(cfg: &Config) -> String {
             "slip": dp.rrl.slip,
             "window_secs": dp.rrl.window.get().as_secs(),
             "exempt": dp.rrl.exempt.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "log_interval_secs": dp.rrl.log_interval.get().as_secs(),
         },
         "cookies": {
             "enabled": dp.cookies.enabled,

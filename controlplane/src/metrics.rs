@@ -13,8 +13,8 @@ use std::{
 
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::{
@@ -32,6 +32,14 @@ pub struct Metrics {
     all_down: IntCounterVec,
     generation: IntGauge,
     subscribers: IntGauge,
+    config_loaded_at: Gauge,
+    configured_domains: IntGauge,
+    configured_servers: IntGauge,
+    reloads: IntCounterVec,
+    overrides_active: IntGaugeVec,
+    override_changes: IntCounter,
+    push_seconds: Histogram,
+    dataplane_generation: IntGaugeVec,
     /// Domains in the `when_all_down` fallback at the last compile.
     in_all_down: Mutex<HashSet<(String, &'static str)>>,
 }
@@ -87,8 +95,82 @@ impl Metrics {
             "Dataplanes subscribed to the snapshot stream.",
         )
         .map_err(err)?;
+        let app_info = IntGaugeVec::new(
+            Opts::new("opengslb_app_info", "Always 1; the labels name the build."),
+            &["version", "component"],
+        )
+        .map_err(err)?;
+        app_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "controlplane"])
+            .set(1);
+        let config_loaded_at = Gauge::new(
+            "opengslb_config_load_timestamp_seconds",
+            "When the config in force was loaded (start or last successful reload), Unix seconds.",
+        )
+        .map_err(err)?;
+        let configured_domains = IntGauge::new(
+            "opengslb_configured_domains",
+            "Load-balanced domains in the config in force.",
+        )
+        .map_err(err)?;
+        let configured_servers = IntGauge::new(
+            "opengslb_configured_servers",
+            "Servers (of every region) in the config in force.",
+        )
+        .map_err(err)?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "opengslb_config_reloads_total",
+                "Config reloads (SIGHUP, REST, gRPC) by result: success or failure.",
+            ),
+            &["result"],
+        )
+        .map_err(err)?;
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        let overrides_active = IntGaugeVec::new(
+            Opts::new(
+                "opengslb_overrides_active",
+                "Manual overrides in force, by service.",
+            ),
+            &["service"],
+        )
+        .map_err(err)?;
+        let override_changes = IntCounter::new(
+            "opengslb_overrides_changes_total",
+            "Overrides set or cleared through this controlplane's APIs.",
+        )
+        .map_err(err)?;
+        let push_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "opengslb_snapshot_push_seconds",
+                "From compile to a snapshot update handed to a dataplane's stream.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .map_err(err)?;
+        let dataplane_generation = IntGaugeVec::new(
+            Opts::new(
+                "opengslb_dataplane_snapshot_generation",
+                "Generation last sent to each subscribed dataplane, by its node id (removed when it unsubscribes).",
+            ),
+            &["node_id"],
+        )
+        .map_err(err)?;
         for c in [
-            Box::new(check_results.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(app_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_loaded_at.clone()),
+            Box::new(configured_domains.clone()),
+            Box::new(configured_servers.clone()),
+            Box::new(reloads.clone()),
+            Box::new(overrides_active.clone()),
+            Box::new(override_changes.clone()),
+            Box::new(push_seconds.clone()),
+            Box::new(dataplane_generation.clone()),
+            Box::new(check_results.clone()),
             Box::new(check_duration.clone()),
             Box::new(healthy_servers.clone()),
             Box::new(all_down.clone()),
@@ -105,8 +187,91 @@ impl Metrics {
             all_down,
             generation,
             subscribers,
+            config_loaded_at,
+            configured_domains,
+            configured_servers,
+            reloads,
+            overrides_active,
+            override_changes,
+            push_seconds,
+            dataplane_generation,
             in_all_down: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// A config was loaded (at start or by a successful reload).
+    pub fn config_loaded(&self, cfg: &crate::config::Config) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.config_loaded_at.set(now.as_secs_f64());
+        self.configured_domains
+            .set(i64::try_from(cfg.domains.len()).unwrap_or(i64::MAX));
+        let servers: usize = cfg.regions.iter().map(|r| r.servers.len()).sum();
+        self.configured_servers
+            .set(i64::try_from(servers).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one reload attempt.
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Sets the active override counts from the overrides in force (the
+    /// whole set: services without overrides disappear).
+    pub fn overrides_in_force(&self, services: impl IntoIterator<Item = impl AsRef<str>>) {
+        let mut counts: std::collections::BTreeMap<String, i64> = Default::default();
+        for s in services {
+            *counts.entry(s.as_ref().to_owned()).or_default() += 1;
+        }
+        self.overrides_active.reset();
+        for (service, n) in counts {
+            self.overrides_active.with_label_values(&[&service]).set(n);
+        }
+    }
+
+    /// Counts one override set or cleared through an API.
+    pub fn override_changed(&self) {
+        self.override_changes.inc();
+    }
+
+    /// A snapshot update of `generation` (microseconds since the epoch at
+    /// compile) was handed to dataplane `node_id`'s stream. The first one of
+    /// a stream (the snapshot in force, maybe old) is not a push latency.
+    pub fn pushed(&self, node_id: &str, generation: u64, first: bool) {
+        if !first {
+            self.observe_push(generation);
+        }
+        self.dataplane_generation
+            .with_label_values(&[node_id])
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    fn observe_push(&self, generation: u64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        #[allow(clippy::cast_precision_loss)]
+        self.push_seconds
+            .observe(now.saturating_sub(generation) as f64 / 1e6);
+    }
+
+    /// Dataplane `node_id` unsubscribed.
+    pub fn unsubscribed(&self, node_id: &str) {
+        let _ = self.dataplane_generation.remove_label_values(&[node_id]);
+    }
+
+    /// The registry, for metrics registered by other modules
+    /// (`crate::overwatch`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Registers a collector of another part (e.g. the DNSSEC metrics).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<()> {
+        self.registry.register(c).map_err(err)
     }
 
     /// Counts one probe for each (region, server) that uses its target.

@@ -257,6 +257,22 @@ impl<V: HealthView> HealthView for WithOverrides<V> {
         self.inner.health(server)
     }
 
+    fn unprobed(&self, server: &ServerRef<'_>) -> ServerHealth {
+        self.inner.unprobed(server)
+    }
+
+    fn weight(&self, server: &ServerRef<'_>, configured: u32) -> u32 {
+        self.inner.weight(server, configured)
+    }
+
+    fn registered(&self, domain: &DnsName) -> Vec<crate::compile::Registered> {
+        self.inner.registered(domain)
+    }
+
+    fn latency(&self, server: &ServerRef<'_>) -> Option<crate::compile::LatencySample> {
+        self.inner.latency(server)
+    }
+
     fn overridden(&self, domain: &DnsName, server: &ServerRef<'_>) -> Option<ServerHealth> {
         self.lookup(domain.as_str(), server.address, server.port)
             .map(|o| {

@@ -87,6 +87,8 @@ pub struct State {
     pub overrides: Overrides,
     /// DNSSEC keys and signing status (DS records, `dnssec status`).
     pub dnssec: crate::dnssec::Dnssec,
+    /// Agents and what they report (see [`crate::overwatch`]).
+    pub overwatch: crate::overwatch::Overwatch,
     /// Held for every compile + publish, so snapshots go out in generation
     /// order and always from the config in force.
     publisher: Mutex<Publisher>,
@@ -125,16 +127,22 @@ impl State {
             }
             current.clone()
         };
-        let view = WithOverrides::new(self.health.view(&cfg), self.overrides.current());
+        let view = WithOverrides::new(
+            self.overwatch
+                .view(&cfg, &self.health, self.health.view(&cfg)),
+            self.overrides.current(),
+        );
         let compiled = p
             .compiler
             .compile(&cfg, generation, serial, &view, SystemTime::now());
         self.stream.publish(compiled.snapshot);
         self.metrics.compiled(
-            &view.inner.healthy_per_region,
+            &view.inner.inner.healthy_per_region,
             &compiled.all_down,
             generation,
         );
+        self.metrics
+            .overrides_in_force(view.overrides.keys().map(|k| k.service.as_str()));
         let at = compiled.recompile_at;
         self.recompile_at.send_if_modified(|cur| {
             let changed = *cur != at;
@@ -162,6 +170,12 @@ impl State {
     /// it adds are checked once (bounded by their timeout) before they are
     /// served; unchanged checks keep their state.
     pub async fn reload(&self, actor: &str) -> Result<u64> {
+        let result = self.reload_inner(actor).await;
+        self.metrics.reloaded(result.is_ok());
+        result
+    }
+
+    async fn reload_inner(&self, actor: &str) -> Result<u64> {
         let cfg = match config::load(&self.config_path) {
             Ok(c) => c,
             Err(e) => {
@@ -183,7 +197,9 @@ impl State {
         }
         let cfg = Arc::new(cfg);
         let generation = self.publish(Some(cfg.clone())).await?;
+        self.metrics.config_loaded(&cfg);
         self.health.retain(&cfg);
+        self.overwatch.sync_validation(&cfg);
         self.store
             .audit(
                 actor,
@@ -228,6 +244,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     let dnssec = crate::dnssec::Dnssec::open(&store, &cfg).await?;
     let app = api::App::new(api::Access::from_config(&cfg.api)?);
     let metrics = Arc::new(Metrics::new()?);
+    metrics.register(Box::new(dnssec.collector()?))?;
     let metrics_listener = if cfg.metrics.enabled {
         Some(metrics::bind(cfg.metrics.address).await?)
     } else {
@@ -252,6 +269,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     };
 
     let health = Health::new(metrics.clone())?;
+    let overwatch = crate::overwatch::Overwatch::new(&metrics)?;
     let round = tokio::time::Instant::now();
     let first_round = health.add(&cfg);
     health.settle(&first_round).await;
@@ -272,6 +290,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         .compiler
         .compile(&cfg, generation, serial, &view, SystemTime::now());
     metrics.compiled(&view.inner.healthy_per_region, &first.all_down, generation);
+    metrics.config_loaded(&cfg);
+    metrics.overrides_in_force(view.overrides.keys().map(|k| k.service.as_str()));
     tracing::info!(
         generation,
         serial,
@@ -282,16 +302,18 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     let state = Arc::new(State {
         config_path,
         config: Mutex::new(Arc::new(cfg)),
-        stream: SnapshotStream::new(first.snapshot),
+        stream: SnapshotStream::new(first.snapshot).with_metrics(metrics.clone()),
         store,
         health,
         metrics: metrics.clone(),
         overrides,
         dnssec,
+        overwatch,
         publisher: Mutex::new(publisher),
         recompile_at: watch::Sender::new(first.recompile_at),
     });
     let recompiler = tokio::spawn(recompile_loop(state.clone()));
+    crate::overwatch::start(state.clone()).await?;
     app.set_state(state.clone()).await?;
     let follower = (state.store.engine() == "postgres")
         .then(|| tokio::spawn(crate::overrides::follow(state.clone())));
@@ -336,6 +358,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
 pub(crate) async fn test_state(config_path: PathBuf, cfg: Config, store: Store) -> Arc<State> {
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let health = Health::new(metrics.clone()).expect("health");
+    let overwatch = crate::overwatch::Overwatch::new(&metrics).expect("overwatch");
     let overrides = Overrides::load(&store).await.expect("overrides");
     let mut publisher = Publisher {
         versions: Versions::new(0),
@@ -355,6 +378,7 @@ pub(crate) async fn test_state(config_path: PathBuf, cfg: Config, store: Store) 
         metrics,
         overrides,
         dnssec: crate::dnssec::Dnssec::disabled(),
+        overwatch,
         publisher: Mutex::new(publisher),
         recompile_at: watch::Sender::new(None),
     })
@@ -377,6 +401,7 @@ async fn recompile_loop(state: Arc<State>) {
         };
         let reason = tokio::select! {
             () = state.health.changed() => "health",
+            () = state.overwatch.changed() => "agent",
             () = timer => "failback",
             Ok(()) = at.changed() => continue,
         };

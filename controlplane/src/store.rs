@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_dnssec_keys.sql")),
     (3, include_str!("../migrations/0003_overrides_geo.sql")),
+    (4, include_str!("../migrations/0004_agent_pins.sql")),
 ];
 
 /// Embedded PostgreSQL migrations, the same versions as [`MIGRATIONS`].
@@ -50,11 +51,60 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/postgres/0003_overrides_geo.sql"),
     ),
+    (
+        4,
+        include_str!("../migrations/postgres/0004_agent_pins.sql"),
+    ),
 ];
 
 /// How long opening the store may wait for a connection (an unreachable or
 /// locked database is a clear start-up error, not a hang).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The migration loop of [`Store::migrate`], once for both engines (a macro
+/// because the two pools are different types).
+macro_rules! migrate_pool {
+    ($pool:expr, $migrations:expr, $lock:expr, $engine:literal) => {{
+        const CREATE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_unix_ms BIGINT NOT NULL)";
+        const DONE: &str = "SELECT 1 FROM schema_migrations WHERE version = $1";
+        const RECORD: &str =
+            "INSERT INTO schema_migrations (version, applied_at_unix_ms) VALUES ($1, $2)";
+        let lock: Option<&str> = $lock;
+        for (version, sql) in $migrations {
+            let mut tx = $pool.begin().await.map_err(store_err)?;
+            if let Some(lock) = lock {
+                sqlx::query(lock)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_err)?;
+            }
+            sqlx::query(CREATE)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            let done = sqlx::query(DONE)
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            if done.is_some() {
+                continue;
+            }
+            sqlx::raw_sql(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            sqlx::query(RECORD)
+                .bind(version)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            tx.commit().await.map_err(store_err)?;
+            tracing::info!(version, engine = $engine, "applied store migration");
+        }
+    }};
+}
 
 /// Handle to the store.
 #[derive(Debug, Clone)]
@@ -101,6 +151,25 @@ pub struct GeoMappingRow {
     pub created_at_unix_ms: i64,
 }
 
+/// One pinned agent (table `agent_pins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPinRow {
+    /// The id the agent registered with.
+    pub agent_id: String,
+    /// Lower-case hex SHA-256 of its DER certificate.
+    pub fingerprint: String,
+    /// Its region.
+    pub region: String,
+    /// Comma-separated services its token covered at pinning.
+    pub services: String,
+    /// Cut off: every connection is refused.
+    pub revoked: bool,
+    /// When first pinned, ms since the epoch.
+    pub pinned_at_unix_ms: i64,
+    /// Last change (rotation, revocation), ms since the epoch.
+    pub updated_at_unix_ms: i64,
+}
+
 /// One audit record (table `audit_log`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRow {
@@ -143,72 +212,19 @@ impl Store {
         }
     }
 
+    /// Applies the pending migrations of this engine, each in its own
+    /// transaction with its `schema_migrations` row. On PostgreSQL the
+    /// transaction first takes an advisory lock, so controlplanes sharing
+    /// the database migrate one at a time.
     async fn migrate(&self) -> Result<()> {
-        const CREATE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_unix_ms BIGINT NOT NULL)";
-        const DONE: &str = "SELECT 1 FROM schema_migrations WHERE version = $1";
-        const RECORD: &str =
-            "INSERT INTO schema_migrations (version, applied_at_unix_ms) VALUES ($1, $2)";
         match &self.db {
-            Db::Sqlite(pool) => {
-                sqlx::query(CREATE).execute(pool).await.map_err(store_err)?;
-                for (version, sql) in MIGRATIONS {
-                    let mut tx = pool.begin().await.map_err(store_err)?;
-                    let done = sqlx::query(DONE)
-                        .bind(version)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(store_err)?;
-                    if done.is_some() {
-                        continue;
-                    }
-                    sqlx::raw_sql(sql)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_err)?;
-                    sqlx::query(RECORD)
-                        .bind(version)
-                        .bind(now_ms())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_err)?;
-                    tx.commit().await.map_err(store_err)?;
-                    tracing::info!(version, "applied store migration");
-                }
-            }
-            Db::Postgres(pool) => {
-                for (version, sql) in PG_MIGRATIONS {
-                    let mut tx = pool.begin().await.map_err(store_err)?;
-                    // Controlplanes sharing the database migrate one at a time.
-                    sqlx::query("SELECT pg_advisory_xact_lock(7266426)")
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_err)?;
-                    sqlx::query(CREATE)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_err)?;
-                    let done = sqlx::query(DONE)
-                        .bind(version)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(store_err)?;
-                    if done.is_some() {
-                        continue;
-                    }
-                    sqlx::raw_sql(sql)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_err)?;
-                    sqlx::query(RECORD)
-                        .bind(version)
-                        .bind(now_ms())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_err)?;
-                    tx.commit().await.map_err(store_err)?;
-                    tracing::info!(version, "applied store migration (postgres)");
-                }
-            }
+            Db::Sqlite(pool) => migrate_pool!(pool, MIGRATIONS, None, "sqlite"),
+            Db::Postgres(pool) => migrate_pool!(
+                pool,
+                PG_MIGRATIONS,
+                Some("SELECT pg_advisory_xact_lock(7266426)"),
+                "postgres"
+            ),
         }
         Ok(())
     }
@@ -512,3 +528,5 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests;
+
+mod agents;

@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 pub struct SnapshotStream {
     current: watch::Sender<Arc<Snapshot>>,
     subscribers: Arc<AtomicUsize>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 // === impl SnapshotStream ===
@@ -41,7 +42,15 @@ impl SnapshotStream {
         Self {
             current: watch::Sender::new(Arc::new(first)),
             subscribers: Arc::new(AtomicUsize::new(0)),
+            metrics: None,
         }
+    }
+
+    /// Records pushes (latency, generation per dataplane) in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Replaces the current snapshot; every subscriber is sent the change.
@@ -79,6 +88,13 @@ impl SnapshotService for SnapshotStream {
         let (tx, out) = mpsc::channel::<Result<SnapshotUpdate, Status>>(4);
         let subscribers = self.subscribers.clone();
         subscribers.fetch_add(1, Ordering::Relaxed);
+        let metrics = self.metrics.clone();
+        // A label: bounded in length, one per connected dataplane.
+        let label: String = if req.node_id.is_empty() {
+            peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+        } else {
+            req.node_id.chars().take(64).collect()
+        };
         tracing::info!(node_id = %req.node_id, ?peer, have = req.have_generation, "dataplane subscribed");
         tokio::spawn(async move {
             let mut sent = rx.borrow_and_update().clone();
@@ -86,6 +102,9 @@ impl SnapshotService for SnapshotStream {
                 kind: Some(Kind::Full((*sent).clone())),
             };
             if tx.send(Ok(first)).await.is_ok() {
+                if let Some(m) = &metrics {
+                    m.pushed(&label, sent.generation, true);
+                }
                 while rx.changed().await.is_ok() {
                     let next = rx.borrow_and_update().clone();
                     if next.generation == sent.generation {
@@ -95,10 +114,16 @@ impl SnapshotService for SnapshotStream {
                     if tx.send(Ok(update)).await.is_err() {
                         break;
                     }
+                    if let Some(m) = &metrics {
+                        m.pushed(&label, next.generation, false);
+                    }
                     sent = next;
                 }
             }
             subscribers.fetch_sub(1, Ordering::Relaxed);
+            if let Some(m) = &metrics {
+                m.unsubscribed(&label);
+            }
             tracing::info!(node_id = %req.node_id, ?peer, "dataplane unsubscribed");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
@@ -204,9 +229,11 @@ mod tests {
                         start: i.to_be_bytes().to_vec(),
                         prefix_len: 32,
                         region: 0,
+                        custom: false,
                     })
                     .collect(),
                 v6: vec![],
+                default_region: None,
             }),
             ..Default::default()
         }

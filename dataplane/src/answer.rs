@@ -42,12 +42,19 @@ use std::{
 
 use opengslb_proto::{Policy, WhenAllDown};
 
+use crate::ecs::ClientSubnet;
+use crate::geo::GeoPlan;
 use crate::select::{self, Picks, Rng, MAX_PICKS};
 use crate::snapshot::{Candidate, Node, NsecOwner, Plan, RRset, Records, Snapshot, Zone};
 use crate::wire::{self, flags, rtype, Edns, Header, LabelOffsets, Question, HEADER_LEN};
 
 #[cfg(test)]
 mod dnssec_tests;
+#[cfg(test)]
+mod geo_tests;
+mod nsec3;
+#[cfg(test)]
+mod nsec3_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
@@ -127,6 +134,8 @@ struct Reply<'a> {
     ancount: u16,
     nscount: u16,
     arcount: u16,
+    /// Echo the query's ECS option (RFC 7871) with this SCOPE.
+    ecs_scope: Option<u8>,
 }
 
 /// Where a name appears uncompressed in the reply, so that later owners can
@@ -245,9 +254,17 @@ pub fn answer(
         (Some(_), None) => OPT_LEN,
         (Some(_), Some(c)) => OPT_LEN + c.len(),
     };
+    // ECS is echoed (scope 0 unless a geolocation answer narrows it).
+    let ecs = edns
+        .and_then(|e| e.ecs)
+        .filter(|_| snapshot.ecs_enabled());
+    let opt_room = opt_room + ecs.map_or(0, |e| e.reply_len());
+    if ecs.is_some() {
+        r.ecs_scope = Some(0);
+    }
     r.w.limit = r.w.limit.saturating_sub(opt_room);
     let dnssec_ok = edns.is_some_and(|e| e.dnssec_ok);
-    if resolve(snapshot, &q, dnssec_ok, state, &mut r).is_err() {
+    if resolve(snapshot, &q, dnssec_ok, ecs, state, &mut r).is_err() {
         r.truncate(prefix);
         r.tc = true;
     }
@@ -335,6 +352,7 @@ fn resolve(
     snap: &Snapshot,
     q: &Question,
     dnssec_ok: bool,
+    ecs: Option<ClientSubnet>,
     state: &mut WorkerState,
     r: &mut Reply<'_>,
 ) -> Result<(), Full> {
@@ -368,7 +386,11 @@ fn resolve(
                     .put_rrset(cur, rrset, 0, rrset.records.len(), dnssec_ok)
                     .map(drop),
                 Data::Plan(plan) => {
-                    if r.put_plan(plan, cur, dnssec_ok, state)? {
+                    let answered = match plan.geo.as_deref() {
+                        Some(g) => r.put_geo(snap, plan, g, cur, dnssec_ok, ecs, state)?,
+                        None => r.put_plan(plan, cur, dnssec_ok, state)?,
+                    };
+                    if answered {
                         snap.count_decision(plan, state.stripe);
                         return Ok(());
                     }
@@ -378,7 +400,7 @@ fn resolve(
                         WhenAllDown::All | WhenAllDown::LastHealthy => match snap.zone(node.zone) {
                             Some(zone) => {
                                 r.put_negative_soa(zone, cur, dnssec_ok)?;
-                                r.put_nodata_proof(node, cur, dnssec_ok)
+                                r.put_nodata_proof(zone, node, cur, dnssec_ok)
                             }
                             None => Ok(()),
                         },
@@ -397,7 +419,7 @@ fn resolve(
             return match snap.zone(node.zone) {
                 Some(zone) => {
                     r.put_negative_soa(zone, cur, dnssec_ok)?;
-                    r.put_nodata_proof(node, cur, dnssec_ok)
+                    r.put_nodata_proof(zone, node, cur, dnssec_ok)
                 }
                 None => Ok(()),
             };
@@ -457,7 +479,7 @@ fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
         return Some(Data::Plan(p));
     }
     if qtype == rtype::NSEC {
-        return node.denial.as_ref().map(Data::Static);
+        return node.denial.as_deref().map(Data::Static);
     }
     node.rrsets
         .iter()
@@ -549,6 +571,7 @@ impl<'a> Reply<'a> {
             ancount: 0,
             nscount: 0,
             arcount: 0,
+            ecs_scope: None,
         };
         r.w.put(&[0; HEADER_LEN]).ok()?;
         r.w.set_u16(0, id);
@@ -647,6 +670,56 @@ impl<'a> Reply<'a> {
         Ok(!picks.is_empty())
     }
 
+    /// Answers a geolocation plan: the client's region (the ECS address,
+    /// truncated to the plan's privacy cap, when the query has ECS and it
+    /// is enabled; else the source address) picks the candidate, rotated
+    /// like round-robin. Sets the ECS scope and counts the decision.
+    #[allow(clippy::too_many_arguments)]
+    fn put_geo(
+        &mut self,
+        snap: &Snapshot,
+        plan: &Plan,
+        g: &GeoPlan,
+        owner: NameAt<'_>,
+        dnssec_ok: bool,
+        ecs: Option<ClientSubnet>,
+        state: &mut WorkerState,
+    ) -> Result<bool, Full> {
+        // The address looked up and how many of its bits count.
+        let (ip, used) = match ecs {
+            Some(e) if e.source > 0 => {
+                let cap = if e.family == 1 { g.max_v4 } else { g.max_v6 };
+                let used = e.source.min(cap);
+                (Some(crate::ecs::truncate(e.ip(), used)), used)
+            }
+            // Source prefix 0: the client asks not to be located; the
+            // resolver's address decides and the scope stays 0.
+            _ => (state.cookies.client, 0),
+        };
+        let hit = match (snap.geo(), ip) {
+            (Some(t), Some(ip)) => t.lookup(ip),
+            (Some(t), None) => t.unplaced(),
+            (None, _) => crate::geo::GeoHit {
+                region: None,
+                custom: false,
+                scope: 0,
+            },
+        };
+        let (pick, reason) = g.pick(hit.region);
+        let Some(c) = pick.and_then(|i| plan.candidates.get(i)) else {
+            return Ok(false);
+        };
+        if c.rrset.records.is_empty() {
+            return Ok(false);
+        }
+        self.put_candidate(plan, c, owner, dnssec_ok, state)?;
+        if ecs.is_some() {
+            self.ecs_scope = Some(hit.scope.min(used));
+        }
+        snap.count_geo(g, state.stripe, hit, reason);
+        Ok(true)
+    }
+
     /// Writes the records of each picked candidate, in pick order.
     fn put_picks(
         &mut self,
@@ -713,10 +786,14 @@ impl<'a> Reply<'a> {
     /// query type) with its RRSIGs, in the authority section.
     fn put_nodata_proof(
         &mut self,
+        zone: &Zone,
         node: &Node,
         owner: NameAt<'_>,
         dnssec_ok: bool,
     ) -> Result<(), Full> {
+        if let (Some(chain), true) = (&zone.nsec3, dnssec_ok) {
+            return self.put_nsec3_nodata(chain, zone, owner);
+        }
         match &node.denial {
             Some(nsec) if dnssec_ok => self.put_authority(owner, nsec),
             _ => Ok(()),
@@ -733,6 +810,9 @@ impl<'a> Reply<'a> {
         name: NameAt<'_>,
         dnssec_ok: bool,
     ) -> Result<(), Full> {
+        if let (Some(chain), true) = (&zone.nsec3, dnssec_ok) {
+            return self.put_nsec3_nxdomain(snap, chain, zone, name);
+        }
         if !dnssec_ok || zone.nsec_owners.is_empty() {
             return Ok(());
         }
@@ -771,7 +851,7 @@ impl<'a> Reply<'a> {
         owner: &NsecOwner,
         name: NameAt<'_>,
     ) -> Result<(), Full> {
-        let Some(nsec) = snap.node_at(owner.node).and_then(|n| n.denial.as_ref()) else {
+        let Some(nsec) = snap.node_at(owner.node).and_then(|n| n.denial.as_deref()) else {
             return Ok(());
         };
         let at = LabelOffsets::new(name.name)
@@ -809,17 +889,27 @@ impl<'a> Reply<'a> {
         if let Some(e) = edns {
             let ttl = (u32::from(ext) << 24) | if e.dnssec_ok { 0x8000 } else { 0 };
             let rdata: &[u8] = cookie.as_ref().map_or(&[], |c| &c[..]);
+            let mut ecs_buf = [0u8; crate::ecs::MAX_OPTION_LEN];
+            let ecs_len = match (self.ecs_scope, e.ecs) {
+                (Some(scope), Some(c)) => c.reply_option(scope, &mut ecs_buf),
+                _ => 0,
+            };
+            let ecs = ecs_buf.get(..ecs_len).unwrap_or(&[]);
             let mut opt = [0u8; OPT_LEN];
             opt[1..3].copy_from_slice(&rtype::OPT.to_be_bytes());
             opt[3..5].copy_from_slice(&our_udp.to_be_bytes());
             opt[5..9].copy_from_slice(&ttl.to_be_bytes());
-            opt[9..11].copy_from_slice(&(rdata.len() as u16).to_be_bytes());
-            if self.w.put(&opt).and_then(|()| self.w.put(rdata)).is_err() {
+            opt[9..11].copy_from_slice(&((rdata.len() + ecs.len()) as u16).to_be_bytes());
+            let put_opt = |w: &mut Writer<'_>| {
+                w.put(&opt)
+                    .and_then(|()| w.put(rdata))
+                    .and_then(|()| w.put(ecs))
+            };
+            if put_opt(&mut self.w).is_err() {
                 // Not even OPT fits: drop records, keep the question.
                 self.truncate(self.question_end);
                 self.tc = true;
-                self.w.put(&opt).ok()?;
-                self.w.put(rdata).ok()?;
+                put_opt(&mut self.w).ok()?;
             }
             self.arcount = self.arcount.saturating_add(1);
         }

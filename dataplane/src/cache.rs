@@ -53,16 +53,22 @@ impl SnapshotCacheFile {
 
     /// Atomically replaces the cached snapshot.
     pub fn store(&self, snapshot: &opengslb_proto::Snapshot) -> Result<()> {
+        self.store_encoded(&snapshot.encode_to_vec())
+    }
+
+    /// Atomically replaces the cached snapshot with `payload`, an already
+    /// encoded `opengslb.v1.Snapshot` (the stream client encodes each full
+    /// snapshot once, and keeps only those bytes as the base for deltas).
+    pub fn store_encoded(&self, payload: &[u8]) -> Result<()> {
         let path = self.path();
         std::fs::create_dir_all(&self.dir).map_err(|e| cache_err(&self.dir, e.to_string()))?;
         let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
-        let payload = snapshot.encode_to_vec();
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(MAGIC)?;
             f.write_all(&(payload.len() as u64).to_be_bytes())?;
-            f.write_all(&fnv1a(&payload).to_be_bytes())?;
-            f.write_all(&payload)?;
+            f.write_all(&fnv1a(payload).to_be_bytes())?;
+            f.write_all(payload)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };

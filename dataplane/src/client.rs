@@ -14,6 +14,7 @@ use std::{
 use opengslb_proto::{
     snapshot_service_client::SnapshotServiceClient, snapshot_update::Kind, SubscribeRequest,
 };
+use prost::Message;
 use tokio::sync::{Mutex, Notify};
 
 use crate::{
@@ -72,6 +73,8 @@ impl Publisher {
                 );
                 let _ = self.handle.set(Arc::new(SnapshotHandle::new(snap, true)));
                 self.ready.notify_waiters();
+                drop(proto);
+                crate::memory::release_freed();
                 true
             }
             Err(e) => {
@@ -96,6 +99,18 @@ impl Publisher {
     /// Validates `proto`, serves it if it is newer, and caches it.
     /// Returns whether it is now served.
     pub async fn publish(&self, proto: &opengslb_proto::Snapshot) -> bool {
+        self.publish_encoded(proto, proto.encode_to_vec().into())
+            .await
+    }
+
+    /// [`Publisher::publish`] with `encoded`, the prost encoding of `proto`,
+    /// written to the cache as it is (no second copy of the snapshot).
+    pub async fn publish_encoded(
+        &self,
+        proto: &opengslb_proto::Snapshot,
+        encoded: Arc<[u8]>,
+    ) -> bool {
+        let started = std::time::Instant::now();
         let snap = match Snapshot::try_from(proto) {
             Ok(s) => s,
             Err(e) => {
@@ -124,10 +139,14 @@ impl Publisher {
             }
         }
         self.metrics.snapshots_applied.fetch_add(1, Relaxed);
-        tracing::info!(generation, origin = %proto.origin, "serving snapshot");
+        tracing::info!(
+            generation,
+            origin = %proto.origin,
+            compile_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "serving snapshot"
+        );
         let cache = self.cache.clone();
-        let proto = proto.clone();
-        match tokio::task::spawn_blocking(move || cache.store(&proto)).await {
+        match tokio::task::spawn_blocking(move || cache.store_encoded(&encoded)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not write snapshot cache"),
             Err(e) => tracing::warn!(error = %e, "snapshot cache writer failed"),
@@ -197,7 +216,10 @@ async fn stream_once(
         .map_err(|s| (false, s.message().to_string()))?
         .into_inner();
     tracing::info!(%uri, "subscribed to controlplane");
-    let mut base: Option<opengslb_proto::Snapshot> = None;
+    // The base for deltas is kept encoded (a few octets per record) rather
+    // than decoded (several heap blocks per name): it is decoded only when a
+    // delta arrives, and dropped again once the result is published.
+    let mut base: Option<Arc<[u8]>> = None;
     let mut got_any = false;
     loop {
         let update = match stream.message().await {
@@ -206,6 +228,7 @@ async fn stream_once(
             Err(s) => return Err((got_any, s.message().to_string())),
         };
         got_any = true;
+        let received = std::time::Instant::now();
         let full = match update.kind {
             Some(Kind::Full(s)) => s,
             Some(Kind::Delta(d)) => {
@@ -213,7 +236,11 @@ async fn stream_once(
                     publisher.metrics.snapshots_rejected.fetch_add(1, Relaxed);
                     return Err((got_any, "delta before any full snapshot".into()));
                 };
-                match delta::apply(b, d) {
+                let Ok(b) = opengslb_proto::Snapshot::decode(&b[..]) else {
+                    publisher.metrics.snapshots_rejected.fetch_add(1, Relaxed);
+                    return Err((got_any, "delta base does not decode".into()));
+                };
+                match delta::apply_owned(b, d) {
                     Ok(next) => next,
                     Err(e) => {
                         publisher.metrics.snapshots_rejected.fetch_add(1, Relaxed);
@@ -228,7 +255,19 @@ async fn stream_once(
             }
         };
         // Later deltas are computed against what was sent, valid or not.
-        publisher.publish(&full).await;
-        base = Some(full);
+        let encoded: Arc<[u8]> = full.encode_to_vec().into();
+        let nodes = full.nodes.len();
+        if publisher.publish_encoded(&full, encoded.clone()).await {
+            tracing::info!(
+                generation = full.generation,
+                nodes,
+                elapsed_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX),
+                "snapshot applied (validated, compiled, served, cached)"
+            );
+        }
+        drop(full);
+        base = Some(encoded);
+        // The decoded message is gone: give its pages back now.
+        crate::memory::release_freed();
     }
 }

@@ -22,13 +22,26 @@ pub enum InvalidDelta {
 
 /// Returns the full snapshot `base` + `delta`.
 pub fn apply(base: &Snapshot, delta: SnapshotDelta) -> Result<Snapshot, InvalidDelta> {
+    check(base, &delta)?;
+    apply_owned(base.clone(), delta)
+}
+
+fn check(base: &Snapshot, delta: &SnapshotDelta) -> Result<(), InvalidDelta> {
     if delta.base_generation != base.generation {
         return Err(InvalidDelta::BaseMismatch);
     }
     if delta.generation <= base.generation {
         return Err(InvalidDelta::NotNewer);
     }
-    let mut next = base.clone();
+    Ok(())
+}
+
+/// [`apply`] without the copy: `base` is consumed and becomes the result
+/// (the stream client decodes its base from bytes for each delta, so it
+/// never holds a decoded snapshot between updates).
+pub fn apply_owned(base: Snapshot, delta: SnapshotDelta) -> Result<Snapshot, InvalidDelta> {
+    check(&base, &delta)?;
+    let mut next = base;
     next.generation = delta.generation;
     for zone in delta.zones {
         match next.zones.iter_mut().find(|z| z.apex == zone.apex) {
@@ -124,5 +137,10 @@ mod tests {
         };
         assert_eq!(apply(&base, d(9, 11)), Err(InvalidDelta::BaseMismatch));
         assert_eq!(apply(&base, d(10, 10)), Err(InvalidDelta::NotNewer));
+        assert_eq!(
+            apply_owned(base.clone(), d(9, 11)),
+            Err(InvalidDelta::BaseMismatch)
+        );
+        assert_eq!(apply_owned(base, d(10, 12)).unwrap().generation, 12);
     }
 }

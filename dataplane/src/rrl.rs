@@ -4,7 +4,7 @@
 //! buckets keyed by a hash of (client network, response kind). Nothing is
 //! shared between workers and nothing grows: a flood from random spoofed
 //! sources only overwrites buckets (a colliding key takes the slot over with
-//! a fresh bucket), so memory is [`TABLE`] × 24 octets per worker whatever
+//! a fresh bucket), so memory is [`TABLE`] × 32 octets per worker whatever
 //! arrives. The kernel spreads a client over workers by its 4-tuple, so the
 //! effective limit per network is at most `responses_per_second` × workers
 //! for a client that varies its source port; a spoofed flood from one port
@@ -22,6 +22,12 @@
 //! real resolver behind a spoofed network retries over TCP.
 //!
 //! Exempt networks (loopback by default) never reach the table.
+//!
+//! Logging is bounded: a bucket that starts limiting records a [`LimitLog`]
+//! at most once per `log_interval` (per network and kind), and a worker
+//! emits at most [`LOG_LINES_PER_INTERVAL`] such lines per interval, counting
+//! the ones it suppressed, so a flood from random networks cannot turn into
+//! a log flood. Nothing is logged per query.
 
 use std::net::IpAddr;
 
@@ -34,6 +40,9 @@ pub const TABLE: usize = 1 << 13;
 
 /// Milli-responses per response.
 const UNIT: i64 = 1000;
+
+/// Most "network limited" log lines one worker writes per `log_interval`.
+pub const LOG_LINES_PER_INTERVAL: u32 = 16;
 
 // === types ===
 
@@ -79,6 +88,21 @@ struct Bucket {
     last_ms: u32,
     /// Limited responses since the last slip.
     limited: u32,
+    /// When this bucket was last logged (ms, truncated); 0 = never.
+    logged_ms: u32,
+}
+
+/// One "network limited" event to log (see [`Rrl::take_log`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitLog {
+    /// The client network (address masked to the prefix).
+    pub network: IpAddr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The response kind being limited.
+    pub kind: Kind,
+    /// Log lines this worker suppressed since its last one (budget spent).
+    pub suppressed: u64,
 }
 
 /// One worker's limiter.
@@ -93,6 +117,18 @@ pub struct Rrl {
     exempt: Box<[Net]>,
     seed: u64,
     table: Box<[Bucket]>,
+    v4_prefix: u8,
+    v6_prefix: u8,
+    /// Log at most once per this many ms per bucket; 0 = never log.
+    log_interval_ms: u64,
+    /// Start of the current worker-wide log budget interval.
+    budget_start_ms: u64,
+    /// Lines left in the current interval.
+    budget: u32,
+    /// Lines suppressed since the last one written.
+    suppressed: u64,
+    /// The event for the caller to log, if the last check produced one.
+    pending_log: Option<LimitLog>,
 }
 
 // === impl Net ===
@@ -162,7 +198,59 @@ impl Rrl {
             } else {
                 Box::default()
             },
+            v4_prefix: settings.ipv4_prefix.min(32),
+            v6_prefix: settings.ipv6_prefix.min(128),
+            log_interval_ms: settings.log_interval_secs.saturating_mul(1000),
+            budget_start_ms: 0,
+            budget: LOG_LINES_PER_INTERVAL,
+            suppressed: 0,
+            pending_log: None,
         }
+    }
+
+    /// The "network limited" event of the last [`Rrl::check`], if it should
+    /// be logged (at most once per `log_interval` per network and kind, and
+    /// at most [`LOG_LINES_PER_INTERVAL`] per worker per interval).
+    #[inline]
+    pub fn take_log(&mut self) -> Option<LimitLog> {
+        self.pending_log.take()
+    }
+
+    /// Decides whether the bucket at `slot` (just limited) logs now.
+    #[cold]
+    fn note_limited(&mut self, slot: usize, net: u128, v6: bool, kind: Kind, now_ms: u64) {
+        if self.log_interval_ms == 0 {
+            return;
+        }
+        let interval = self.log_interval_ms;
+        let now = (now_ms as u32).max(1);
+        let Some(b) = self.table.get_mut(slot) else {
+            return;
+        };
+        if b.logged_ms != 0 && u64::from(now.wrapping_sub(b.logged_ms)) < interval {
+            return;
+        }
+        b.logged_ms = now;
+        if now_ms.saturating_sub(self.budget_start_ms) >= interval {
+            self.budget_start_ms = now_ms;
+            self.budget = LOG_LINES_PER_INTERVAL;
+        }
+        if self.budget == 0 {
+            self.suppressed += 1;
+            return;
+        }
+        self.budget -= 1;
+        let (network, prefix) = if v6 {
+            (IpAddr::from(net.to_be_bytes()), self.v6_prefix)
+        } else {
+            (IpAddr::from((net as u32).to_be_bytes()), self.v4_prefix)
+        };
+        self.pending_log = Some(LimitLog {
+            network,
+            prefix,
+            kind,
+            suppressed: std::mem::take(&mut self.suppressed),
+        });
     }
 
     /// Whether the limiter does anything.
@@ -194,6 +282,7 @@ impl Rrl {
                 balance: self.rate * UNIT,
                 last_ms: now,
                 limited: 0,
+                logged_ms: 0,
             };
         } else {
             let elapsed = i64::from(now.wrapping_sub(b.last_ms));
@@ -203,17 +292,25 @@ impl Rrl {
                 .saturating_add(elapsed.saturating_mul(self.rate))
                 .min(self.rate * UNIT);
         }
+        let was = b.balance;
         b.balance = (b.balance - UNIT).max(self.floor);
         if b.balance >= 0 {
             return Verdict::Send;
         }
         b.limited = b.limited.wrapping_add(1);
-        if self.slip != 0 && b.limited >= self.slip {
+        let verdict = if self.slip != 0 && b.limited >= self.slip {
             b.limited = 0;
             Verdict::Slip
         } else {
             Verdict::Drop
+        };
+        // A network that just crossed into the limit, or one still limited
+        // whose last line is an interval old.
+        let logged = b.logged_ms;
+        if was >= 0 || u64::from(now.wrapping_sub(logged)) >= self.log_interval_ms {
+            self.note_limited(slot, net, v6, kind, now_ms);
         }
+        verdict
     }
 
     fn hash(&self, net: u128, v6: bool, kind: Kind) -> u64 {
@@ -297,6 +394,7 @@ mod tests {
             slip,
             window_secs: 15,
             exempt: exempt.iter().map(|s| s.to_string()).collect(),
+            log_interval_secs: 60,
         }
     }
 
@@ -379,6 +477,68 @@ mod tests {
             r.check(IpAddr::from((i << 8).to_be_bytes()), Kind::Answer, 0);
         }
         assert_eq!(r.table.len(), TABLE);
+    }
+
+    #[test]
+    fn logs_once_per_interval_per_network() {
+        let mut r = Rrl::new(&settings(5, 2, &[]), 7);
+        let mut logs = Vec::new();
+        // A 10 s flood from one /24 at 1000 responses/s: one line.
+        for t in 0..10_000u64 {
+            r.check(ip("192.0.2.9"), Kind::Answer, 1 + t);
+            logs.extend(r.take_log());
+        }
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert_eq!(logs[0].network, ip("192.0.2.0"));
+        assert_eq!(logs[0].prefix, 24);
+        assert_eq!(logs[0].kind, Kind::Answer);
+        // An interval (60 s) later, still flooding: one more line.
+        for t in 0..2_000u64 {
+            r.check(ip("192.0.2.9"), Kind::Answer, 61_000 + t);
+            logs.extend(r.take_log());
+        }
+        assert_eq!(logs.len(), 2);
+        // IPv6 networks are logged masked to the /56.
+        let mut r = Rrl::new(&settings(1, 2, &[]), 7);
+        let mut v6 = None;
+        for _ in 0..5 {
+            r.check(ip("2001:db8:0:ab12::1"), Kind::NxDomain, 1);
+            v6 = v6.or(r.take_log());
+        }
+        let v6 = v6.expect("an IPv6 network was logged");
+        assert_eq!((v6.network, v6.prefix), (ip("2001:db8:0:ab00::"), 56));
+    }
+
+    #[test]
+    fn log_lines_per_worker_are_bounded() {
+        let mut r = Rrl::new(&settings(1, 2, &[]), 7);
+        let mut logs = Vec::new();
+        // 5,000 networks each go over their limit within one interval.
+        for i in 0..5_000u32 {
+            let client = IpAddr::from((0x0a00_0000 | i << 8).to_be_bytes());
+            for _ in 0..3 {
+                r.check(client, Kind::Answer, 10);
+                logs.extend(r.take_log());
+            }
+        }
+        assert_eq!(logs.len(), LOG_LINES_PER_INTERVAL as usize);
+        // The next interval's first line reports how many were suppressed.
+        r.check(ip("192.0.2.1"), Kind::Answer, 60_010);
+        r.check(ip("192.0.2.1"), Kind::Answer, 60_010);
+        let next = r.take_log().expect("a new interval logs again");
+        assert_eq!(next.suppressed, 5_000 - u64::from(LOG_LINES_PER_INTERVAL));
+        // log_interval 0: never.
+        let mut quiet = Rrl::new(
+            &RrlSettings {
+                log_interval_secs: 0,
+                ..settings(1, 2, &[])
+            },
+            7,
+        );
+        for _ in 0..10 {
+            quiet.check(ip("192.0.2.1"), Kind::Answer, 10);
+            assert_eq!(quiet.take_log(), None);
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::{
 pub async fn run(settings: DataplaneSettings) -> Result<()> {
     let workers = settings.worker_count();
     let metrics = Metrics::new(workers * settings.listen_addresses.len());
+    let _ = metrics.limits.set(settings.limit_gauges());
     let publisher = Publisher::new(SnapshotCacheFile::new(&settings.cache_dir), metrics.clone());
 
     if let Some(addr) = settings.metrics_address {
@@ -78,15 +79,17 @@ pub async fn run(settings: DataplaneSettings) -> Result<()> {
         cookies,
         shutdown.clone(),
     )?;
+    let tcp_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for addr in &settings.listen_addresses {
-        let listener = tcp::bind_tcp(*addr)?;
-        tokio::spawn(tcp::serve(
-            listener,
+        tcp::spawn_workers(
+            *addr,
+            workers,
             handle.clone(),
             metrics.clone(),
             settings.tcp,
             cookies,
-        ));
+            tcp_open.clone(),
+        )?;
     }
     tracing::info!(
         addresses = ?settings.listen_addresses,

@@ -71,6 +71,9 @@ pub struct RrlSettings {
     pub window_secs: u64,
     /// Networks never limited (`addr/prefix`).
     pub exempt: Vec<String>,
+    /// A limited network is logged at most once per this many seconds
+    /// (0 = never); see [`crate::rrl::LOG_LINES_PER_INTERVAL`].
+    pub log_interval_secs: u64,
 }
 
 /// RFC 7766 connection handling.
@@ -79,10 +82,20 @@ pub struct RrlSettings {
 pub struct TcpSettings {
     /// Close a connection idle this long between queries.
     pub idle_timeout_ms: u64,
-    /// Limit for reading the rest of a started message, and for a write.
+    /// Limit for one message: from its first octet to its last (so a slow
+    /// sender cannot hold a slot), and for one write.
     pub io_timeout_ms: u64,
-    /// Concurrent connections; more are closed at once.
+    /// Concurrent connections in total; more are closed at once.
     pub max_connections: usize,
+    /// Concurrent connections per TCP worker (one accept loop per worker
+    /// and listen address); 0 = the same as `max_connections`.
+    pub max_connections_per_worker: usize,
+    /// Replies queued per connection before they must be written (a client
+    /// that pipelines and never reads is closed after `io_timeout_ms`).
+    pub max_output_bytes: usize,
+    /// Past this share of a cap (percent), a new connection gets one query
+    /// answered and is closed; 100 = never.
+    pub one_shot_percent: u8,
 }
 
 /// Log level and format.
@@ -151,6 +164,15 @@ impl DataplaneSettings {
         if self.tcp.max_connections == 0 {
             return fail("tcp.max_connections: must be at least 1");
         }
+        if self.tcp.io_timeout_ms == 0 || self.tcp.idle_timeout_ms == 0 {
+            return fail("tcp: idle_timeout_ms and io_timeout_ms must be at least 1");
+        }
+        if self.tcp.max_output_bytes < 512 {
+            return fail("tcp.max_output_bytes: must be at least 512");
+        }
+        if !(1..=100).contains(&self.tcp.one_shot_percent) {
+            return fail("tcp.one_shot_percent: must be 1 to 100");
+        }
         if self.rrl.ipv4_prefix > 32 || self.rrl.ipv6_prefix > 128 {
             return fail("rrl: ipv4_prefix is at most 32, ipv6_prefix at most 128");
         }
@@ -182,6 +204,31 @@ impl DataplaneSettings {
         }
     }
 
+    /// Every abuse limit as (name, value), for the `opengslb_limit` gauge.
+    pub fn limit_gauges(&self) -> Vec<(&'static str, u64)> {
+        let n = |v: usize| v as u64;
+        let workers = self.worker_count();
+        vec![
+            ("tcp_max_connections", n(self.tcp.max_connections)),
+            ("tcp_max_connections_per_worker", n(self.tcp.per_worker_cap())),
+            ("tcp_workers", n(workers * self.listen_addresses.len())),
+            ("tcp_idle_timeout_ms", self.tcp.idle_timeout_ms),
+            ("tcp_io_timeout_ms", self.tcp.io_timeout_ms),
+            ("tcp_max_output_bytes", n(self.tcp.max_output_bytes)),
+            ("tcp_one_shot_percent", u64::from(self.tcp.one_shot_percent)),
+            ("rrl_enabled", u64::from(self.rrl.enabled)),
+            ("rrl_responses_per_second", u64::from(self.rrl.responses_per_second)),
+            ("rrl_ipv4_prefix", u64::from(self.rrl.ipv4_prefix)),
+            ("rrl_ipv6_prefix", u64::from(self.rrl.ipv6_prefix)),
+            ("rrl_slip", u64::from(self.rrl.slip)),
+            ("rrl_window_secs", self.rrl.window_secs),
+            ("rrl_log_interval_secs", self.rrl.log_interval_secs),
+            ("rrl_table_buckets_per_worker", n(crate::rrl::TABLE)),
+            ("cookies_enabled", u64::from(self.cookies.enabled)),
+            ("cookies_rotate_secs", self.cookies.rotate_secs),
+        ]
+    }
+
     /// Controlplane endpoints as URIs tonic accepts.
     pub fn controlplane_uris(&self) -> Vec<String> {
         self.controlplanes
@@ -205,6 +252,9 @@ impl Default for TcpSettings {
             idle_timeout_ms: 10_000,
             io_timeout_ms: 500,
             max_connections: 1024,
+            max_connections_per_worker: 0,
+            max_output_bytes: 65_536,
+            one_shot_percent: 90,
         }
     }
 }
@@ -215,9 +265,22 @@ impl TcpSettings {
         Duration::from_millis(self.idle_timeout_ms)
     }
 
-    /// Timeout for a started read or a write.
+    /// Timeout for one message (first octet to last) or one write.
     pub fn io_timeout(&self) -> Duration {
         Duration::from_millis(self.io_timeout_ms)
+    }
+
+    /// The per-worker cap with 0 resolved.
+    pub fn per_worker_cap(&self) -> usize {
+        match self.max_connections_per_worker {
+            0 => self.max_connections,
+            n => n.min(self.max_connections),
+        }
+    }
+
+    /// Open connections at or past which a new one is one-shot, for `cap`.
+    pub fn one_shot_at(&self, cap: usize) -> usize {
+        (cap * usize::from(self.one_shot_percent.min(100))).div_ceil(100)
     }
 }
 
@@ -233,6 +296,7 @@ impl Default for RrlSettings {
             slip: 2,
             window_secs: 15,
             exempt: vec!["127.0.0.0/8".to_string(), "::1/128".to_string()],
+            log_interval_secs: 60,
         }
     }
 }
@@ -296,6 +360,9 @@ mod tests {
             r#"{"controlplanes": []}"#,
             r#"{"logging": {"level": "loud", "format": "text"}}"#,
             r#"{"tcp": {"max_connections": 0}}"#,
+            r#"{"tcp": {"io_timeout_ms": 0}}"#,
+            r#"{"tcp": {"max_output_bytes": 100}}"#,
+            r#"{"tcp": {"one_shot_percent": 0}}"#,
             r#"{"rrl": {"exempt": ["10.0.0.0/40"]}}"#,
             r#"{"rrl": {"ipv4_prefix": 33}}"#,
         ] {

@@ -42,6 +42,8 @@ use thiserror::Error;
 use crate::select;
 use crate::wire::{self, rtype, LabelOffsets};
 
+mod names;
+
 // === constants ===
 
 /// UDP payload size advertised when the snapshot does not set one (the DNS
@@ -155,6 +157,18 @@ pub enum InvalidSnapshot {
     /// Denial records other than one NSEC RRset of one record per owner.
     #[error("denial records must be one NSEC record per owner")]
     BadDenial,
+    /// A geo range table or geolocation plan that is inconsistent.
+    #[error("geo table: {reason}")]
+    BadGeo {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// An NSEC3 chain this dataplane does not serve or that is broken.
+    #[error("NSEC3 chain: {reason}")]
+    BadNsec3 {
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// The compiled, validated answer tables of one generation.
@@ -164,12 +178,18 @@ pub struct Snapshot {
     edns_udp_size: u16,
     zones: Box<[Zone]>,
     nodes: Box<[Node]>,
-    /// Lower-case wire name → index into `nodes`.
-    names: HashMap<Box<[u8]>, u32>,
+    /// Lower-case wire name → index into `nodes` (one arena, see `names`).
+    names: names::NameIndex,
     /// Lower-case wire apex → index into `zones`.
     apexes: HashMap<Box<[u8]>, u32>,
     /// Routing-decision counters; `Plan::counter` indexes this.
     decisions: Box<[Arc<DecisionCounter>]>,
+    /// The geo range table (none when the snapshot has none).
+    geo: Option<Box<crate::geo::GeoTable>>,
+    /// Answer EDNS Client Subnet with a scope.
+    ecs_enabled: bool,
+    /// Geo counters; `GeoPlan::counters` indexes this.
+    geo_counters: Box<[Arc<crate::geo::GeoCounters>]>,
 }
 
 /// `opengslb_routing_decisions_total` of one load-balanced name: answers
@@ -200,6 +220,9 @@ pub(crate) struct Zone {
     /// Owners of the zone's NSEC records in canonical order (RFC 4034
     /// §6.1), for the binary search that finds the NSEC covering a name.
     pub(crate) nsec_owners: Box<[NsecOwner]>,
+    /// The NSEC3 chain, when the zone denies with NSEC3 (then no node has
+    /// an NSEC).
+    pub(crate) nsec3: Option<Box<crate::nsec3::Chain>>,
 }
 
 /// An owner name with an NSEC record, and its node.
@@ -219,16 +242,20 @@ pub(crate) struct Node {
     /// Lower-case target of the node's CNAME, if it has one.
     pub(crate) cname_target: Option<Box<[u8]>>,
     /// The node's NSEC RRset with its RRSIGs (authenticated denial).
-    pub(crate) denial: Option<RRset>,
+    /// (Boxed: most names have none, and a node's size is paid per name.)
+    pub(crate) denial: Option<Box<RRset>>,
 }
 
 /// Pre-encoded records: each is TYPE CLASS TTL RDLENGTH RDATA, the owner left
 /// for the answer path to write.
+///
+/// One heap block per non-empty set (none when empty; most `sigs` are): the
+/// record count `n` (u32, native order), the end offset of each record (`n`
+/// u32, counted from the first record's start; record `i` starts at end
+/// `i-1`, or 0), then the records.
 #[derive(Debug, Default)]
 pub(crate) struct Records {
-    bytes: Box<[u8]>,
-    /// End offset of each record in `bytes`; record `i` starts at `ends[i-1]` (or 0).
-    ends: Box<[u32]>,
+    buf: Box<[u8]>,
 }
 
 /// One RRset, encoded, with the RRSIGs covering it.
@@ -252,6 +279,8 @@ pub(crate) struct Plan {
     pub(crate) when_all_down: proto::WhenAllDown,
     /// Index into the snapshot's decision counters.
     pub(crate) counter: u32,
+    /// Geolocation policy: the candidate of each region.
+    pub(crate) geo: Option<Box<crate::geo::GeoPlan>>,
 }
 
 /// One candidate of a plan.
@@ -291,7 +320,7 @@ impl Snapshot {
 
     /// Node with this lower-case wire name.
     pub(crate) fn node(&self, name: &[u8]) -> Option<(u32, &Node)> {
-        let &i = self.names.get(name)?;
+        let i = self.names.get(name)?;
         Some((i, self.nodes.get(i as usize)?))
     }
 
@@ -329,6 +358,41 @@ impl Snapshot {
                 *c = o.clone();
             }
         }
+        crate::geo::adopt(&mut self.geo_counters, &prev.geo_counters);
+    }
+
+    /// The geo range table.
+    pub fn geo(&self) -> Option<&crate::geo::GeoTable> {
+        self.geo.as_deref()
+    }
+
+    /// Whether ECS is answered with a scope.
+    pub fn ecs_enabled(&self) -> bool {
+        self.ecs_enabled
+    }
+
+    /// Whether some name answers by geolocation (the client address matters).
+    pub fn has_geo_plans(&self) -> bool {
+        !self.geo_counters.is_empty()
+    }
+
+    /// Counts one geolocation answer on the writer's `stripe`.
+    #[inline]
+    pub(crate) fn count_geo(
+        &self,
+        g: &crate::geo::GeoPlan,
+        stripe: usize,
+        hit: crate::geo::GeoHit,
+        reason: Option<usize>,
+    ) {
+        if let Some(c) = self.geo_counters.get(g.counters as usize) {
+            c.decided(stripe, hit.region, hit.custom, reason);
+        }
+    }
+
+    /// Geo counters of every geolocation name.
+    pub fn geo_counters(&self) -> &[Arc<crate::geo::GeoCounters>] {
+        &self.geo_counters
     }
 
     pub(crate) fn zone(&self, index: u32) -> Option<&Zone> {
@@ -380,13 +444,17 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
                 soa_negative: encode_records(rtype::SOA, z.negative_ttl, &soa.rdata)?,
                 soa_negative_sigs: encode_records(rtype::RRSIG, z.negative_ttl, &soa.rrsig)?,
                 nsec_owners: Box::default(),
+                nsec3: match &z.nsec3 {
+                    Some(c) => Some(Box::new(crate::nsec3::Chain::compile(c)?)),
+                    None => None,
+                },
             });
         }
 
         let mut decisions = Vec::new();
         let mut nodes = Vec::with_capacity(msg.nodes.len() + zones.len());
-        let mut names: HashMap<Box<[u8]>, u32> =
-            HashMap::with_capacity(msg.nodes.len() + zones.len());
+        let avg_len = msg.nodes.first().map_or(0, |n| n.name.len() + 2);
+        let mut names = names::NameIndex::with_capacity(msg.nodes.len() + zones.len(), avg_len);
         for (i, n) in msg.nodes.iter().enumerate() {
             check_name(&n.name, "node name")?;
             let zone = msg
@@ -405,19 +473,15 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
                 None
             };
             let node = compile_node(n, apex, &mut decisions)?;
-            let index = u32::try_from(nodes.len())
-                .map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
-            if names
-                .insert(n.name.clone().into_boxed_slice(), index)
-                .is_some()
-            {
+            // The index hands out `nodes.len()`: node i is name i.
+            if names.insert(&n.name).is_none() {
                 return Err(InvalidSnapshot::DuplicateNode { node: i });
             }
             nodes.push(node);
         }
         // Apexes the controlplane did not send as nodes still hold SOA and NS.
         for (i, z) in msg.zones.iter().enumerate() {
-            if names.contains_key(z.apex.as_slice()) {
+            if names.get(&z.apex).is_some() {
                 continue;
             }
             let empty = proto::Node {
@@ -426,25 +490,27 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
                 ..Default::default()
             };
             let node = compile_node(&empty, Some(z), &mut decisions)?;
-            let index = u32::try_from(nodes.len())
-                .map_err(|_| InvalidSnapshot::DuplicateNode { node: i })?;
-            names.insert(z.apex.clone().into_boxed_slice(), index);
+            if names.insert(&z.apex).is_none() {
+                return Err(InvalidSnapshot::DuplicateNode { node: i });
+            }
             nodes.push(node);
         }
 
         // Per zone, the owners of NSEC records in canonical order.
         let mut owners: Vec<Vec<NsecOwner>> = zones.iter().map(|_| Vec::new()).collect();
-        for (name, &i) in &names {
-            let Some(node) = nodes.get(i as usize) else {
+        for (i, node) in (0u32..).zip(nodes.iter()) {
+            let Some(name) = names.name(i) else {
                 continue;
             };
             if let (Some(_), Some(list)) = (&node.denial, owners.get_mut(node.zone as usize)) {
                 list.push(NsecOwner {
-                    name: name.clone(),
+                    name: name.into(),
                     node: i,
                 });
             }
         }
+        names.shrink_to_fit();
+        debug_assert_eq!(names.len(), nodes.len());
         for (zone, mut list) in zones.iter_mut().zip(owners) {
             list.sort_by(|a, b| wire::canonical_cmp(&a.name, &b.name));
             zone.nsec_owners = list.into_boxed_slice();
@@ -455,6 +521,12 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             0 => DEFAULT_EDNS_UDP_SIZE,
             n => u16::try_from(n).unwrap_or(u16::MAX).max(512),
         };
+        let geo = match &msg.geo {
+            Some(t) => Some(Box::new(crate::geo::GeoTable::compile(t)?)),
+            None => None,
+        };
+        let geo_counters =
+            crate::geo::attach_plans(&msg.nodes, &mut nodes, geo.as_deref(), &decisions)?;
         Ok(Self {
             generation: msg.generation,
             edns_udp_size,
@@ -463,6 +535,9 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             names,
             apexes,
             decisions: decisions.into_boxed_slice(),
+            geo,
+            ecs_enabled: msg.options.as_ref().is_some_and(|o| o.ecs_enabled),
+            geo_counters,
         })
     }
 }
@@ -522,22 +597,37 @@ impl DecisionCounter {
 
 impl Records {
     /// Number of records.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.ends.len()
+        self.word(0).unwrap_or(0)
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.buf.is_empty()
     }
 
     /// Encoded record `i` (without owner).
+    #[inline]
     pub(crate) fn get(&self, i: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(i)? as usize;
-        let start = match i.checked_sub(1) {
-            Some(p) => *self.ends.get(p)? as usize,
-            None => 0,
+        let n = self.len();
+        if i >= n {
+            return None;
+        }
+        let base = 4 + 4 * n;
+        let end = self.word(1 + i)?;
+        let start = match i {
+            0 => 0,
+            _ => self.word(i)?,
         };
-        self.bytes.get(start..end)
+        self.buf.get(base + start..base + end)
+    }
+
+    /// The `k`-th u32 of the header (0: the count, 1..=n: the ends).
+    #[inline]
+    fn word(&self, k: usize) -> Option<usize> {
+        let b: [u8; 4] = self.buf.get(4 * k..4 * k + 4)?.try_into().ok()?;
+        Some(u32::from_ne_bytes(b) as usize)
     }
 
     /// RDATA of record `i`.
@@ -600,10 +690,16 @@ fn check_rdata(t: u16, rdata: &[u8]) -> Result<(), InvalidSnapshot> {
 
 /// Encodes TYPE CLASS TTL RDLENGTH RDATA for each record.
 fn encode_records(t: u16, ttl: u32, rdatas: &[Vec<u8>]) -> Result<Records, InvalidSnapshot> {
+    if rdatas.is_empty() {
+        return Ok(Records::default());
+    }
     let total: usize = rdatas.iter().map(|r| r.len() + 10).sum();
-    let mut bytes = Vec::with_capacity(total);
-    let mut ends = Vec::with_capacity(rdatas.len());
-    for r in rdatas {
+    let n = u32::try_from(rdatas.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: total })?;
+    let mut bytes = Vec::with_capacity(4 + 4 * rdatas.len() + total);
+    bytes.extend_from_slice(&n.to_ne_bytes());
+    bytes.resize(4 + 4 * rdatas.len(), 0);
+    let base = bytes.len();
+    for (i, r) in rdatas.iter().enumerate() {
         let len =
             u16::try_from(r.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: r.len() })?;
         bytes.extend_from_slice(&t.to_be_bytes());
@@ -611,18 +707,19 @@ fn encode_records(t: u16, ttl: u32, rdatas: &[Vec<u8>]) -> Result<Records, Inval
         bytes.extend_from_slice(&ttl.to_be_bytes());
         bytes.extend_from_slice(&len.to_be_bytes());
         bytes.extend_from_slice(r);
-        let end = u32::try_from(bytes.len())
+        let end = u32::try_from(bytes.len() - base)
             .map_err(|_| InvalidSnapshot::RdataTooLong { len: bytes.len() })?;
-        ends.push(end);
+        if let Some(slot) = bytes.get_mut(4 + 4 * i..8 + 4 * i) {
+            slot.copy_from_slice(&end.to_ne_bytes());
+        }
     }
     Ok(Records {
-        bytes: bytes.into_boxed_slice(),
-        ends: ends.into_boxed_slice(),
+        buf: bytes.into_boxed_slice(),
     })
 }
 
 /// Validates and encodes one RRset of type `t` (already checked servable).
-fn compile_rrset(t: u16, r: &proto::RRset) -> Result<RRset, InvalidSnapshot> {
+pub(crate) fn compile_rrset(t: u16, r: &proto::RRset) -> Result<RRset, InvalidSnapshot> {
     for rd in &r.rdata {
         check_rdata(t, rd)?;
     }
@@ -677,7 +774,7 @@ fn compile_node(
     apex: Option<&proto::Zone>,
     decisions: &mut Vec<Arc<DecisionCounter>>,
 ) -> Result<Node, InvalidSnapshot> {
-    let mut rrsets = Vec::with_capacity(n.rrsets.len() + 3);
+    let mut rrsets = Vec::with_capacity(n.rrsets.len() + if apex.is_some() { 3 } else { 0 });
     if let Some(z) = apex {
         // Checked by the caller: the SOA exists.
         if let Some(soa) = &z.soa {
@@ -687,6 +784,9 @@ fn compile_node(
             if let Some(r) = r.as_ref().filter(|r| !r.rdata.is_empty()) {
                 rrsets.push(compile_rrset(t, r)?);
             }
+        }
+        if let Some(param) = z.nsec3.as_ref().map(crate::nsec3::compile_param).transpose()? {
+            rrsets.extend(param);
         }
     }
     let mut cname_target = None;
@@ -765,6 +865,7 @@ fn compile_node(
             when_all_down: proto::WhenAllDown::try_from(p.when_all_down)
                 .unwrap_or(proto::WhenAllDown::Unspecified),
             counter,
+            geo: None,
         });
     }
 
@@ -778,7 +879,7 @@ fn compile_node(
             if d.rdata.first().and_then(|r| wire::name_len(r)).is_none() {
                 return Err(InvalidSnapshot::BadDenial);
             }
-            Some(compile_rrset(rtype::NSEC, d)?)
+            Some(Box::new(compile_rrset(rtype::NSEC, d)?))
         }
         _ => return Err(InvalidSnapshot::BadDenial),
     };

@@ -56,6 +56,8 @@ pub(crate) struct Tally {
     pub(crate) dropped: u64,
     rrl_dropped: u64,
     rrl_slipped: u64,
+    /// Replies by query type and RCODE.
+    typed: crate::metrics::TypedTally,
 }
 
 /// Binds one `SO_REUSEPORT` UDP socket.
@@ -171,7 +173,13 @@ impl Limiter {
             return Some(len);
         }
         let reply = out.get_mut(..len)?;
-        match self.rrl.check(peer, Kind::of(reply), now_ms) {
+        let verdict = self.rrl.check(peer, Kind::of(reply), now_ms);
+        if verdict != Verdict::Send {
+            if let Some(ev) = self.rrl.take_log() {
+                log_limited(&ev);
+            }
+        }
+        match verdict {
             Verdict::Send => Some(len),
             Verdict::Slip => match rrl::slip(reply) {
                 Some(n) => {
@@ -189,6 +197,18 @@ impl Limiter {
             }
         }
     }
+}
+
+/// One bounded "network limited" line (see [`rrl::LimitLog`]).
+#[cold]
+fn log_limited(ev: &rrl::LimitLog) {
+    tracing::warn!(
+        network = %ev.network,
+        prefix = ev.prefix,
+        kind = ?ev.kind,
+        suppressed = ev.suppressed,
+        "response rate limit: network limited"
+    );
 }
 
 /// A per-worker hash key for the RRL table.
@@ -215,6 +235,7 @@ fn serve(
     while !shutdown.load(Relaxed) {
         // Errors: the read timeout (shutdown check), EINTR, ICMP errors.
         let Ok(n) = b.recv(fd) else { continue };
+        let started = std::time::Instant::now();
         let mut tally = Tally {
             queries: n as u64,
             ..Tally::default()
@@ -230,7 +251,8 @@ fn serve(
         } else {
             0
         };
-        let need_peer = limiter.rrl.enabled() || state.cookies.enabled();
+        let need_peer =
+            limiter.rrl.enabled() || state.cookies.enabled() || snapshot.has_geo_plans();
         for i in 0..n {
             let peer = if need_peer { b.peer_ip(i) } else { None };
             state.cookies.client = peer;
@@ -247,6 +269,7 @@ fn serve(
                 None => tally.dropped += 1,
             }
         }
+        counters.observe(started.elapsed(), n as u64);
         b.send(fd);
         tally.add_to(counters);
     }
@@ -267,6 +290,7 @@ fn serve(
         let Ok((len, peer)) = socket.recv_from(&mut rx) else {
             continue; // timeout (shutdown check), EINTR, ICMP errors
         };
+        let started = std::time::Instant::now();
         let mut tally = Tally {
             queries: 1,
             ..Tally::default()
@@ -286,6 +310,7 @@ fn serve(
             }
             None => tally.dropped += 1,
         }
+        counters.observe(started.elapsed(), 1);
         tally.add_to(counters);
     }
 }
@@ -299,6 +324,7 @@ impl Tally {
         if let (Some(&flags), Some(&rcode)) = (reply.get(2), reply.get(3)) {
             self.responses[usize::from(rcode & 0x0f)] += 1;
             self.truncated += u64::from(flags & 0x02 != 0);
+            self.typed.record(reply);
         }
     }
 
@@ -317,6 +343,7 @@ impl Tally {
         add(&c.dropped, self.dropped);
         add(&c.rrl_dropped, self.rrl_dropped);
         add(&c.rrl_slipped, self.rrl_slipped);
+        self.typed.flush(c);
     }
 }
 

@@ -29,6 +29,8 @@ pub const MAX_NAME_LEN: usize = 255;
 pub mod option {
     /// DNS cookies (RFC 7873).
     pub const COOKIE: u16 = 10;
+    /// EDNS Client Subnet (RFC 7871).
+    pub const ECS: u16 = 8;
 }
 
 /// Record type numbers the dataplane handles specially.
@@ -126,6 +128,8 @@ pub enum WireError {
     BadOption,
     /// A COOKIE option of a bad length (RFC 7873 §5.2.2).
     BadCookie,
+    /// A malformed EDNS Client Subnet option (RFC 7871 §6).
+    BadEcs,
 }
 
 /// The fixed DNS header.
@@ -174,6 +178,8 @@ pub struct Edns {
     pub dnssec_ok: bool,
     /// The COOKIE option (RFC 7873), if any.
     pub cookie: Option<Cookie>,
+    /// The EDNS Client Subnet option (RFC 7871), if any.
+    pub ecs: Option<crate::ecs::ClientSubnet>,
 }
 
 /// A COOKIE option: the client cookie and, if sent, the server cookie.
@@ -201,6 +207,7 @@ impl WireError {
             Self::OptOwner => "opt_owner",
             Self::BadOption => "bad_option",
             Self::BadCookie => "bad_cookie",
+            Self::BadEcs => "bad_ecs",
         }
     }
 }
@@ -315,7 +322,7 @@ pub fn parse_edns(msg: &[u8], header: &Header, mut pos: usize) -> Result<Option<
                 return Err(WireError::DuplicateOpt);
             }
             if rec.owner_is_root {
-                let cookie =
+                let (cookie, ecs) =
                     walk_options(msg.get(rec.rdata..rec.end).ok_or(WireError::Truncated)?)?;
                 edns = Some(Edns {
                     udp_size: rec.class,
@@ -323,6 +330,7 @@ pub fn parse_edns(msg: &[u8], header: &Header, mut pos: usize) -> Result<Option<
                     version: (rec.ttl >> 16) as u8,
                     dnssec_ok: rec.ttl & EDNS_DO != 0,
                     cookie,
+                    ecs,
                 });
             } else {
                 return Err(WireError::OptOwner);
@@ -559,10 +567,14 @@ fn skip_record(msg: &[u8], pos: usize) -> Result<SkippedRecord, WireError> {
 
 /// Walks the EDNS options of an OPT RDATA (RFC 6891 §6.1.2): each is
 /// code, length, data, and together they fill the RDATA exactly. Returns the
-/// COOKIE option (the first, if several); other options are ignored.
-fn walk_options(rdata: &[u8]) -> Result<Option<Cookie>, WireError> {
+/// COOKIE and ECS options (the first of each, if several); other options
+/// are ignored. A malformed ECS option is an error (FORMERR).
+type Options = (Option<Cookie>, Option<crate::ecs::ClientSubnet>);
+
+fn walk_options(rdata: &[u8]) -> Result<Options, WireError> {
     let mut pos = 0;
     let mut cookie = None;
+    let mut ecs = None;
     while pos < rdata.len() {
         let code = read_u16(rdata, pos).ok_or(WireError::BadOption)?;
         let len = usize::from(read_u16(rdata, pos + 2).ok_or(WireError::BadOption)?);
@@ -572,9 +584,12 @@ fn walk_options(rdata: &[u8]) -> Result<Option<Cookie>, WireError> {
         if code == option::COOKIE && cookie.is_none() {
             cookie = Some(Cookie::new(data).ok_or(WireError::BadCookie)?);
         }
+        if code == option::ECS && ecs.is_none() {
+            ecs = Some(crate::ecs::ClientSubnet::parse(data).ok_or(WireError::BadEcs)?);
+        }
         pos += 4 + len;
     }
-    Ok(cookie)
+    Ok((cookie, ecs))
 }
 
 // === impl Cookie ===
@@ -735,6 +750,7 @@ mod tests {
                 version: 0,
                 dnssec_ok: true,
                 cookie: None,
+                ecs: None,
             })
         );
         let m = with_opt(query(b"\x00", 1), &[0, 11, 0, 3, 1, 2], 1);

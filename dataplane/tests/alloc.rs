@@ -117,8 +117,11 @@ fn round_robin(rtype: u32, ttl: u32, rdata: Vec<Vec<u8>>) -> proto::AnswerPlan {
             rrset: Some(rrset(rtype, ttl, rdata)),
             weight: 1,
             region: 0,
+            geo_fallback: 0,
         }],
         when_all_down: proto::WhenAllDown::Servfail as i32,
+        ecs_max_prefix_v4: 0,
+        ecs_max_prefix_v6: 0,
     }
 }
 
@@ -135,9 +138,12 @@ fn per_candidate(policy: proto::Policy, lasts: &[u8]) -> proto::AnswerPlan {
                 rrset: Some(rrset(1, 30, vec![v4(l)])),
                 weight: u32::from(l),
                 region: 0,
+                geo_fallback: 0,
             })
             .collect(),
         when_all_down: proto::WhenAllDown::Servfail as i32,
+        ecs_max_prefix_v4: 0,
+        ecs_max_prefix_v6: 0,
     }
 }
 
@@ -182,6 +188,7 @@ fn fixture() -> proto::Snapshot {
             )),
             dnskey: None,
             negative_ttl: 300,
+            nsec3: None,
         }],
         nodes: vec![
             node(
@@ -314,7 +321,7 @@ const fn expect(rcode: ResponseCode, answers: usize, tc: bool, edns: bool) -> Ex
 /// Answers `query` [`ROUNDS`] times over `transport` and asserts that no
 /// allocator call happened on this thread meanwhile.
 fn assert_no_alloc(kind: &str, query: &[u8], transport: Transport, want: Expect) {
-    let handle = SnapshotHandle::new(Snapshot::try_from(&fixture()).unwrap(), false);
+    let handle = SnapshotHandle::new(Snapshot::try_from(&with_nsec3_zone(fixture())).unwrap(), false);
     let mut cache = handle.cache();
     let mut state = WorkerState::new();
     // Cookies on, as in production.
@@ -597,4 +604,143 @@ fn ecs() {
     let q = with_ecs(query("www.gslb.test.", RecordType::A));
     let want = expect(ResponseCode::NoError, 4, false, true);
     assert_no_alloc("A + EDNS Client Subnet", &q, Transport::Udp, want);
+}
+
+/// Random-subdomain flood (issue 9, point 4): 10,000 distinct random names
+/// below the zone, each answered NXDOMAIN from the snapshot with no
+/// allocator call at all (and so no per-query log line and no new metric
+/// label, both of which would allocate).
+#[test]
+fn random_subdomain_flood_nxdomain() {
+    let handle = SnapshotHandle::new(Snapshot::try_from(&fixture()).unwrap(), false);
+    let mut cache = handle.cache();
+    let mut state = WorkerState::new();
+    state.cookies = CookieState::new(COOKIE_CONFIG);
+    state.cookies.set(Some([192, 0, 2, 1].into()), NOW);
+    let mut out = vec![0u8; 65_535].into_boxed_slice();
+    // Queries prepared outside the measured loop.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let queries: Vec<Vec<u8>> = (0..ROUNDS)
+        .map(|_| {
+            let label: String = (0..12)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'a' + (seed % 26) as u8)
+                })
+                .collect();
+            bytes(&query(&format!("{label}.gslb.test."), RecordType::A))
+        })
+        .collect();
+    let _ = answer(cache.load(), &queries[0], Transport::Udp, &mut state, &mut out);
+    let before = calls();
+    let mut nx = 0usize;
+    for q in &queries {
+        let n = answer(cache.load(), q, Transport::Udp, &mut state, &mut out).unwrap_or(0);
+        nx += usize::from(n >= 12 && out[3] & 0x0f == 3);
+    }
+    let after = calls();
+    assert_eq!(nx, ROUNDS, "every random name is NXDOMAIN");
+    assert_eq!(after - before, 0, "{} allocator calls", after - before);
+}
+
+// === NSEC3 ===
+
+/// Adds the signed zone `n3.test.` (placeholder RRSIGs) denying with an
+/// NSEC3 chain: `www.n3.test.` (A), `a.b.n3.test.` (A) under the empty
+/// non-terminal `b.n3.test.`.
+fn with_nsec3_zone(mut p: proto::Snapshot) -> proto::Snapshot {
+    let sig = || vec![0u8; 30];
+    let signed = |mut s: proto::RRset| {
+        s.rrsig = vec![sig()];
+        s
+    };
+    let mut soa = wire_name("ns1.gslb.test.");
+    soa.extend(wire_name("hostmaster.gslb.test."));
+    for v in [1_u32, 3600, 600, 604800, 300] {
+        soa.extend(v.to_be_bytes());
+    }
+    let names = ["n3.test.", "www.n3.test.", "b.n3.test.", "a.b.n3.test."];
+    let mut hashes: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| {
+            ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &wire_name(n))
+                .as_ref()
+                .to_vec()
+        })
+        .collect();
+    hashes.sort();
+    let records = (0..hashes.len())
+        .map(|i| {
+            let mut rdata = vec![1, 0, 0, 0, 0, 20];
+            rdata.extend_from_slice(&hashes[(i + 1) % hashes.len()]);
+            rdata.extend([0, 1, 0x40]);
+            proto::Nsec3Record {
+                hash: hashes[i].clone(),
+                rrset: Some(signed(rrset(50, 300, vec![rdata]))),
+            }
+        })
+        .collect();
+    let zone = p.zones.len() as u32;
+    p.zones.push(proto::Zone {
+        apex: wire_name("n3.test."),
+        soa: Some(signed(rrset(6, 300, vec![soa]))),
+        ns: Some(signed(rrset(2, 300, vec![wire_name("ns1.gslb.test.")]))),
+        dnskey: Some(signed(rrset(48, 300, vec![vec![1, 1, 3, 13, 9, 9]]))),
+        negative_ttl: 300,
+        nsec3: Some(proto::Nsec3Chain {
+            param: Some(signed(rrset(51, 300, vec![vec![1, 0, 0, 0, 0]]))),
+            records,
+        }),
+    });
+    for (n, rrsets) in [
+        ("www.n3.test.", vec![signed(rrset(1, 300, vec![v4(7)]))]),
+        ("b.n3.test.", vec![]),
+        ("a.b.n3.test.", vec![signed(rrset(1, 300, vec![v4(8)]))]),
+    ] {
+        let mut node = node(n, rrsets, vec![]);
+        node.zone = zone;
+        p.nodes.push(node);
+    }
+    p
+}
+
+#[test]
+fn nsec3_nxdomain_closest_encloser_proof() {
+    let q = bytes(&with_edns(
+        query("x.nope.n3.test.", RecordType::A),
+        4096,
+        true,
+    ));
+    let want = expect(ResponseCode::NXDomain, 0, false, true);
+    assert_no_alloc("NXDOMAIN + DO (NSEC3)", &q, Transport::Udp, want);
+}
+
+#[test]
+fn nsec3_nodata_empty_non_terminal() {
+    let q = bytes(&with_edns(query("b.n3.test.", RecordType::A), 4096, true));
+    let want = expect(ResponseCode::NoError, 0, false, true);
+    assert_no_alloc("NODATA ENT + DO (NSEC3)", &q, Transport::Udp, want);
+}
+
+#[test]
+fn nsec3_proof_is_in_the_reply() {
+    // What the two tests above measure: 1 SOA + 1 RRSIG + 2 or 3 NSEC3 with RRSIGs.
+    let s = Snapshot::try_from(&with_nsec3_zone(fixture())).unwrap();
+    let q = bytes(&with_edns(
+        query("x.nope.n3.test.", RecordType::A),
+        4096,
+        true,
+    ));
+    let mut out = vec![0u8; 65_535];
+    let n = answer(&s, &q, Transport::Udp, &mut WorkerState::new(), &mut out).unwrap();
+    let m = Message::from_vec(&out[..n]).unwrap();
+    let nsec3 = m
+        .authorities
+        .iter()
+        .filter(|r| r.record_type() == RecordType::NSEC3)
+        .count();
+    assert!((2..=3).contains(&nsec3), "{m}");
+    assert_eq!(m.authorities.len(), 2 + 2 * nsec3, "{m}");
 }

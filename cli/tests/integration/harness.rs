@@ -52,6 +52,14 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// Writes a config file readable by its owner only (the controlplane refuses
+/// a config readable by other users).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write config");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod config");
+}
+
 /// A port free on 127.0.0.1 for both UDP and TCP.
 pub fn free_port() -> u16 {
     for _ in 0..100 {
@@ -173,6 +181,9 @@ impl Gslb {
         std::fs::write(&config, text).expect("write config");
         {
             use std::os::unix::fs::PermissionsExt;
+            // The controlplane refuses a config readable by other users.
+            std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod gslb.yaml");
             let token = dir.path().join("api.token");
             std::fs::write(&token, format!("tests:{API_TOKEN}\n")).expect("write api.token");
             std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))

@@ -128,7 +128,7 @@ fn broken_config_names_file_line_key_and_never_starts() {
         .unwrap()
         .replace("routing_algorithm: rr,", "routing_algorithm: fastest,");
     let path = g.dir.path().join("bad.yaml");
-    std::fs::write(&path, bad).unwrap();
+    write_private(&path, &bad);
     let line = std::fs::read_to_string(&path)
         .unwrap()
         .lines()
@@ -146,11 +146,10 @@ fn broken_config_names_file_line_key_and_never_starts() {
     assert!(err.contains("routing_algorithm"), "{err}");
 
     let unknown = g.dir.path().join("unknown.yaml");
-    std::fs::write(
+    write_private(
         &unknown,
         "dns:\n  listen_address: 127.0.0.1:53\n  colour: blue\n",
-    )
-    .unwrap();
+    );
     let out = Command::new(bin("opengslb"))
         .arg("validate")
         .arg("--config")
@@ -311,6 +310,7 @@ mod fake_controlplane {
             }),
             dnskey: None,
             negative_ttl: 60,
+            nsec3: None,
         };
         let node = Node {
             name: wire("www.fake.test"),
@@ -329,8 +329,11 @@ mod fake_controlplane {
                     }),
                     weight: 100,
                     region: 0,
+                    geo_fallback: 0,
                 }],
                 when_all_down: 0,
+                ecs_max_prefix_v4: 0,
+                ecs_max_prefix_v6: 0,
             }],
             denial: vec![],
         };

@@ -6,8 +6,10 @@
 
 mod harness;
 
+mod abuse;
 mod api;
 mod authoritative;
+mod delv;
 mod dnssec;
 mod health;
 mod lifecycle;

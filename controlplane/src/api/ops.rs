@@ -142,6 +142,12 @@ pub struct Backend {
     pub healthy: bool,
     /// The deciding signal: `override`, `validation` or `config`.
     pub source: &'static str,
+    /// The health authority in force, highest first: `override`,
+    /// `predictive`, `validation`, `stale`, `agent`, or `config` (see
+    /// `docs/agent.md`).
+    pub authority: &'static str,
+    /// The agent reporting it, if any.
+    pub agent_id: Option<String>,
     /// Why, when there is something to say.
     pub reason: String,
     /// Validation's own verdict (None when not probed or not yet checked).
@@ -457,6 +463,11 @@ pub async fn backends(app: &App, filter: &BackendFilter) -> Result<Vec<Backend>,
 /// [`backends`] on a config already in hand (also used by `WatchHealth`).
 pub fn backends_of(state: &State, cfg: &Config, filter: &BackendFilter) -> Vec<Backend> {
     let view = WithOverrides::new((), state.overrides.current());
+    let agents = state.overwatch.decisions(cfg, &state.health);
+    let mut by_addr = std::collections::HashMap::new();
+    for d in agents.iter().filter(|d| d.configured.is_some()) {
+        by_addr.entry(d.addr.ip()).or_insert(d);
+    }
     let service = filter
         .service
         .as_deref()
@@ -520,7 +531,26 @@ pub fn backends_of(state: &State, cfg: &Config, filter: &BackendFilter) -> Vec<B
                     ),
                     (None, true, None) => (false, "validation", "not checked yet".to_owned()),
                 };
-                let effective = if healthy { "healthy" } else { "unhealthy" };
+                let agent = by_addr.get(&server.address).copied();
+                let (healthy, authority, reason) = match (ovr, agent) {
+                    (Some(_), _) | (None, None) => (healthy, source, reason),
+                    (None, Some(d)) => (
+                        if region.health_check.kind == HealthCheckType::None
+                            || d.decision.authority != crate::overwatch::Authority::Validation
+                        {
+                            d.decision.healthy
+                        } else {
+                            healthy
+                        },
+                        d.decision.authority.label(),
+                        if d.reason.is_empty() { reason } else { d.reason.clone() },
+                    ),
+                };
+                let effective = match (authority, healthy) {
+                    ("stale", _) => "stale",
+                    (_, true) => "healthy",
+                    (_, false) => "unhealthy",
+                };
                 if filter
                     .status
                     .as_deref()
@@ -537,6 +567,8 @@ pub fn backends_of(state: &State, cfg: &Config, filter: &BackendFilter) -> Vec<B
                     effective_status: effective,
                     healthy,
                     source,
+                    authority,
+                    agent_id: agent.map(|d| d.agent_id.clone()),
                     reason,
                     validation_healthy,
                     validation_last_check: status
@@ -551,6 +583,56 @@ pub fn backends_of(state: &State, cfg: &Config, filter: &BackendFilter) -> Vec<B
                 });
             }
         }
+    }
+    // Backends only agents know of (see `crate::overwatch`).
+    for d in agents.iter().filter(|d| d.configured.is_none()) {
+        if service.as_ref().is_some_and(|s| *s != d.service)
+            || filter
+                .region
+                .as_deref()
+                .is_some_and(|r| !r.is_empty() && r != d.region)
+        {
+            continue;
+        }
+        let ovr = view.lookup(&d.service, d.addr.ip(), d.addr.port());
+        let healthy = ovr.map_or(d.decision.healthy, |o| o.healthy);
+        let authority = if ovr.is_some() {
+            "override"
+        } else {
+            d.decision.authority.label()
+        };
+        let effective = match (authority, healthy) {
+            ("stale", _) => "stale",
+            (_, true) => "healthy",
+            (_, false) => "unhealthy",
+        };
+        if filter
+            .status
+            .as_deref()
+            .is_some_and(|s| !s.is_empty() && s != effective)
+        {
+            continue;
+        }
+        out.push(Backend {
+            service: d.service.clone(),
+            address: d.addr.ip().to_string(),
+            port: d.addr.port(),
+            weight: d.weight,
+            region: d.region.clone(),
+            effective_status: effective,
+            healthy,
+            source: if ovr.is_some() { "override" } else { "agent" },
+            authority,
+            agent_id: Some(d.agent_id.clone()),
+            reason: d.reason.clone(),
+            validation_healthy: d.validation.flatten(),
+            validation_last_check: None,
+            validation_error: None,
+            override_status: ovr.map(|o| o.healthy),
+            override_reason: ovr.map(|o| o.reason.clone()).unwrap_or_default(),
+            override_by: ovr.map(|o| o.authority.clone()).unwrap_or_default(),
+            override_at: ovr.map(|o| rfc3339_ms(o.created_at_unix_ms)),
+        });
     }
     out
 }
@@ -756,6 +838,7 @@ pub async fn set_override(
         created_at_unix_ms: now_ms(),
     };
     state.overrides.set(&state.store, row.clone()).await?;
+    state.metrics.override_changed();
     let generation = publish(&state, "override").await;
     let detail = serde_json::json!({
         "service": row.service, "address": row.address, "healthy": row.healthy,
@@ -779,6 +862,7 @@ pub async fn delete_override(
         return Err(ApiError::NotFound("override not found".into()));
     }
     state.overrides.delete(&state.store, &key).await?;
+    state.metrics.override_changed();
     let generation = publish(&state, "override").await;
     let detail = serde_json::json!({
         "service": key.service, "address": key.address, "generation": generation,

@@ -85,6 +85,17 @@ pub fn routes() -> Vec<Route> {
         (Method::GET, "/api/v1/audit", get(audit)),
         (Method::GET, "/api/v1/dnssec/ds", get(dnssec_ds)),
         (Method::GET, "/api/v1/dnssec/status", get(dnssec_status)),
+        (Method::GET, "/api/v1/overwatch/agents", get(list_agents)),
+        (
+            Method::DELETE,
+            "/api/v1/overwatch/agents/{id}",
+            delete(revoke_agent),
+        ),
+        (
+            Method::POST,
+            "/api/v1/overwatch/agents/{id}/revoke",
+            post(revoke_agent),
+        ),
     ]
 }
 
@@ -275,6 +286,37 @@ async fn delete_geo_mapping(
     let Path(cidr) = path.map_err(path_rejection)?;
     ops::delete_geo_mapping(&app, &caller, &cidr).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_agents(State(app): State<App>) -> Reply {
+    let state = app.state()?;
+    let agents = crate::overwatch::list(&state).await?;
+    Ok(Json(json!({"agents": agents, "generated_at": now()})).into_response())
+}
+
+/// Revokes an agent (both `DELETE …/agents/{id}` and `POST …/{id}/revoke`):
+/// refused from now on, its backends out of the answers at once.
+async fn revoke_agent(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+) -> Reply {
+    let Path(id) = path.map_err(path_rejection)?;
+    let state = app.state()?;
+    if !crate::overwatch::revoke(&state, &id).await? {
+        return Err(ApiError::NotFound("no such agent".into()));
+    }
+    let generation = state.recompile("agent.revoke").await.unwrap_or(0);
+    let detail = json!({"agent_id": id, "generation": generation});
+    if let Err(e) = state
+        .store
+        .audit(&caller.who, &caller.from.to_string(), "agent.revoke", &detail.to_string())
+        .await
+    {
+        tracing::error!(error = %e, "audit record not written");
+    }
+    tracing::warn!(agent_id = %id, who = %caller.who, from = %caller.from, "agent revoked");
+    Ok(Json(json!({"agent_id": id, "revoked": true, "generation": generation})).into_response())
 }
 
 async fn reload(State(app): State<App>, Extension(caller): Extension<Caller>) -> Reply {

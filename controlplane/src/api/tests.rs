@@ -54,6 +54,9 @@ async fn setup_with(tokens: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gslb.yaml");
     std::fs::write(&path, CONFIG).unwrap();
+    // The controlplane refuses a config readable by other users.
+    let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    std::fs::set_permissions(&path, private).unwrap();
     let cfg = config::load(&path).unwrap();
     let store = Store::open(&format!(
         "sqlite://{}",

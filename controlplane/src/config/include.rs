@@ -1,7 +1,24 @@
-//! Reading files: the main file, then every file its `includes:` globs name,
-//! merged into one `Config` and validated as a whole.
+//! Reading files: the main file, then every file its `includes:` globs name
+//! (recursively), merged into one `Config` and validated as a whole.
+//!
+//! The rules (docs/configuration.md, "Includes"):
+//! - `includes:` globs are relative to the including file; absolute paths,
+//!   `*`, `?` and `**` (any depth of directories) are allowed; the matches of
+//!   one glob are read in sorted order; a pattern without wildcards must name
+//!   an existing file.
+//! - Nesting is at most [`MAX_DEPTH`] files deep; a cycle is refused with the
+//!   whole chain named. A file matched twice elsewhere is read once.
+//! - `regions`, `domains` and `dns.zones` are concatenated (a duplicate name
+//!   is an error naming both files); `overwatch.agent_tokens` maps are merged
+//!   (a key set twice names both files); every other key belongs to the main
+//!   file only.
+//! - `${VAR}` and `${VAR:-default}` are expanded in every file before it is
+//!   parsed (not on comment lines); `$${` writes a literal `${`.
+//! - Permissions: the main file must not be readable by others (checked by
+//!   [`check_main_file`], called by `config::load`), an included file must not
+//!   be writable by others.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -10,6 +27,9 @@ use serde::Deserialize;
 use super::lines::LineMap;
 use super::validate;
 use super::{Config, ConfigError, ConfigIssue, DomainConfig, RegionConfig, ZoneConfig};
+
+/// How many files deep `includes:` may nest (the main file is depth 0).
+pub(crate) const MAX_DEPTH: usize = 10;
 
 /// One file that went into the config.
 pub(crate) struct Source {
@@ -36,9 +56,11 @@ pub(crate) struct Origins {
 #[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct IncludedConfig {
+    includes: Vec<String>,
     regions: Vec<RegionConfig>,
     domains: Vec<DomainConfig>,
     dns: IncludedDns,
+    overwatch: IncludedOverwatch,
 }
 
 #[derive(Default, Deserialize)]
@@ -47,72 +69,114 @@ struct IncludedDns {
     zones: Vec<ZoneConfig>,
 }
 
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct IncludedOverwatch {
+    agent_tokens: BTreeMap<String, String>,
+}
+
+/// What an included file may set, for the refusal of anything else.
+const INCLUDABLE: &str = "includes, regions, domains, dns.zones and overwatch.agent_tokens";
+
+struct Loader {
+    cfg: Config,
+    sources: Vec<Source>,
+    origins: Origins,
+    issues: Vec<ConfigIssue>,
+    /// Canonical paths of the included files read so far.
+    seen: HashSet<PathBuf>,
+    /// Source that set each `overwatch.agent_tokens` key.
+    token_from: HashMap<String, usize>,
+}
+
+/// Refuses a main config file that users other than its owner and group may
+/// read: it may hold secrets (agent tokens, the store URL).
+pub(crate) fn check_main_file(file: &Path) -> Result<(), ConfigError> {
+    let Some(mode) = mode_of(file) else {
+        return Ok(());
+    };
+    if mode & 0o004 != 0 {
+        return Err(ConfigError::Invalid(vec![ConfigIssue {
+            file: file.to_owned(),
+            line: None,
+            key: ".".to_owned(),
+            message: format!(
+                "refusing a config file readable by other users (mode {:04o}): it may hold \
+                 secrets; run `chmod o-rwx {}`",
+                mode & 0o7777,
+                file.display()
+            ),
+        }]));
+    }
+    Ok(())
+}
+
+/// Why an included file may not be read: writable by other users.
+fn check_included_file(file: &Path) -> Option<String> {
+    let mode = mode_of(file)?;
+    (mode & 0o002 != 0).then(|| {
+        format!(
+            "refusing an included file writable by other users (mode {:04o}): anyone could \
+             change the config; run `chmod o-w {}`",
+            mode & 0o7777,
+            file.display()
+        )
+    })
+}
+
+#[cfg(unix)]
+fn mode_of(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(file).ok().map(|m| m.permissions().mode())
+}
+
+#[cfg(not(unix))]
+fn mode_of(_file: &Path) -> Option<u32> {
+    None
+}
+
 pub(crate) fn load_all(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    let (mut cfg, lines) =
-        parse_one::<Config>(text, file).map_err(|i| ConfigError::Invalid(vec![i]))?;
-    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut sources = vec![Source {
-        file: file.to_owned(),
-        lines,
-    }];
-    let mut origins = Origins::default();
+    let text = expand_env(text, file, &|name| std::env::var(name).ok())
+        .map_err(ConfigError::Invalid)?;
+    let (cfg, lines) =
+        parse_one::<Config>(&text, file).map_err(|i| ConfigError::Invalid(vec![i]))?;
     let own = |n: usize| {
         (0..n)
             .map(|index| Origin { source: 0, index })
             .collect::<Vec<_>>()
     };
-    origins.regions = own(cfg.regions.len());
-    origins.domains = own(cfg.domains.len());
-    origins.zones = own(cfg.dns.zones.len());
-
-    let mut issues = Vec::new();
-    let mut seen = HashSet::new();
-    seen.insert(std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned()));
-    for (i, pattern) in cfg.includes.clone().iter().enumerate() {
-        let key = format!("includes[{i}]");
-        let at = |message: String, sources: &[Source]| ConfigIssue {
+    let origins = Origins {
+        regions: own(cfg.regions.len()),
+        domains: own(cfg.domains.len()),
+        zones: own(cfg.dns.zones.len()),
+    };
+    let token_from = cfg
+        .overwatch
+        .agent_tokens
+        .keys()
+        .map(|k| (k.clone(), 0))
+        .collect();
+    let includes = cfg.includes.clone();
+    let mut l = Loader {
+        cfg,
+        sources: vec![Source {
             file: file.to_owned(),
-            line: sources[0].lines.line(&key),
-            key: key.clone(),
-            message,
-        };
-        let files = match expand_glob(&dir, pattern) {
-            Ok(files) => files,
-            Err(message) => {
-                issues.push(at(message, &sources));
-                continue;
-            }
-        };
-        for path in files {
-            if !seen.insert(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone())) {
-                continue;
-            }
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    issues.push(at(format!("{}: {e}", path.display()), &sources));
-                    continue;
-                }
-            };
-            let (inc, lines) = match parse_one::<IncludedConfig>(&text, &path) {
-                Ok(v) => v,
-                Err(issue) => {
-                    issues.push(issue);
-                    continue;
-                }
-            };
-            let source = sources.len();
-            sources.push(Source { file: path, lines });
-            let from = |n: usize| (0..n).map(move |index| Origin { source, index });
-            origins.regions.extend(from(inc.regions.len()));
-            origins.domains.extend(from(inc.domains.len()));
-            origins.zones.extend(from(inc.dns.zones.len()));
-            cfg.regions.extend(inc.regions);
-            cfg.domains.extend(inc.domains);
-            cfg.dns.zones.extend(inc.dns.zones);
-        }
-    }
+            lines,
+        }],
+        origins,
+        issues: Vec::new(),
+        seen: HashSet::new(),
+        token_from,
+    };
+    l.include_all(0, &includes, &[canonical(file)]);
 
+    let Loader {
+        mut cfg,
+        sources,
+        origins,
+        mut issues,
+        ..
+    } = l;
     issues.extend(validate::validate(&cfg, &sources, &origins));
     if !issues.is_empty() {
         let order = |i: &ConfigIssue| {
@@ -127,8 +191,250 @@ pub(crate) fn load_all(text: &str, file: &Path) -> Result<Config, ConfigError> {
         issues.sort_by_key(order);
         return Err(ConfigError::Invalid(issues));
     }
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     cfg.resolve_paths(&dir);
     Ok(cfg)
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn chain_text(chain: &[PathBuf]) -> String {
+    chain
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+// === impl Loader ===
+
+impl Loader {
+    /// Reads every file `patterns` (the `includes:` of source `from`) names.
+    /// `chain` holds the canonical paths from the main file to `from`.
+    fn include_all(&mut self, from: usize, patterns: &[String], chain: &[PathBuf]) {
+        let including = self.sources[from].file.clone();
+        let dir = including.parent().map(Path::to_path_buf).unwrap_or_default();
+        for (i, pattern) in patterns.iter().enumerate() {
+            let key = format!("includes[{i}]");
+            let line = self.sources[from].lines.line(&key);
+            let at = |message: String| ConfigIssue {
+                file: including.clone(),
+                line,
+                key: key.clone(),
+                message,
+            };
+            let files = match expand_glob(&dir, pattern) {
+                Ok(files) => files,
+                Err(message) => {
+                    self.issues.push(at(message));
+                    continue;
+                }
+            };
+            for path in files {
+                let canon = canonical(&path);
+                if let Some(pos) = chain.iter().position(|c| *c == canon) {
+                    let mut cycle = chain[pos..].to_vec();
+                    cycle.push(canon);
+                    self.issues
+                        .push(at(format!("include cycle: {}", chain_text(&cycle))));
+                    continue;
+                }
+                if chain.len() > MAX_DEPTH {
+                    let mut deep = chain.to_vec();
+                    deep.push(canon);
+                    self.issues.push(at(format!(
+                        "includes nest more than {MAX_DEPTH} files deep: {}",
+                        chain_text(&deep)
+                    )));
+                    continue;
+                }
+                if !self.seen.insert(canon.clone()) {
+                    continue;
+                }
+                let whole = |message: String| ConfigIssue {
+                    file: path.clone(),
+                    line: None,
+                    key: ".".to_owned(),
+                    message,
+                };
+                if let Some(message) = check_included_file(&path) {
+                    self.issues.push(whole(message));
+                    continue;
+                }
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.issues
+                            .push(at(format!("cannot read {}: {e}", path.display())));
+                        continue;
+                    }
+                };
+                let text = match expand_env(&text, &path, &|name| std::env::var(name).ok()) {
+                    Ok(t) => t,
+                    Err(issues) => {
+                        self.issues.extend(issues);
+                        continue;
+                    }
+                };
+                let (inc, lines) = match parse_one::<IncludedConfig>(&text, &path) {
+                    Ok(v) => v,
+                    Err(issue) => {
+                        self.issues.push(main_only(issue));
+                        continue;
+                    }
+                };
+                let source = self.sources.len();
+                self.sources.push(Source {
+                    file: path.clone(),
+                    lines,
+                });
+                self.merge(source, inc, chain, canon);
+            }
+        }
+    }
+
+    fn merge(&mut self, source: usize, inc: IncludedConfig, chain: &[PathBuf], canon: PathBuf) {
+        let from = |n: usize| (0..n).map(move |index| Origin { source, index });
+        self.origins.regions.extend(from(inc.regions.len()));
+        self.origins.domains.extend(from(inc.domains.len()));
+        self.origins.zones.extend(from(inc.dns.zones.len()));
+        self.cfg.regions.extend(inc.regions);
+        self.cfg.domains.extend(inc.domains);
+        self.cfg.dns.zones.extend(inc.dns.zones);
+        for (service, token) in inc.overwatch.agent_tokens {
+            let key = format!("overwatch.agent_tokens.{service}");
+            if let Some(&first) = self.token_from.get(&service) {
+                let place = self.place(first, &key);
+                let line = self.sources[source].lines.line(&key);
+                self.issues.push(ConfigIssue {
+                    file: self.sources[source].file.clone(),
+                    line,
+                    key,
+                    message: format!("agent token for {service:?} is set twice (also at {place})"),
+                });
+                continue;
+            }
+            self.token_from.insert(service.clone(), source);
+            self.cfg.overwatch.agent_tokens.insert(service, token);
+        }
+        if !inc.includes.is_empty() {
+            let mut deeper = chain.to_vec();
+            deeper.push(canon);
+            self.include_all(source, &inc.includes, &deeper);
+        }
+    }
+
+    /// `file:line` of `key` in source `source`.
+    fn place(&self, source: usize, key: &str) -> String {
+        let s = &self.sources[source];
+        match s.lines.line(key) {
+            Some(line) => format!("{}:{line}", s.file.display()),
+            None => s.file.display().to_string(),
+        }
+    }
+}
+
+/// Turns serde's "unknown field" in an included file into the rule.
+fn main_only(mut issue: ConfigIssue) -> ConfigIssue {
+    let top = issue.key.split(['.', '[']).next().unwrap_or_default();
+    let nested_allowed = matches!(top, "dns" | "overwatch");
+    let depth = issue.key.matches('.').count();
+    if issue.message.starts_with("unknown field") && (depth == 0 || (nested_allowed && depth == 1))
+    {
+        issue.message = format!(
+            "{} may only be set in the main config file; an included file may hold only {INCLUDABLE}",
+            issue.key
+        );
+    }
+    issue
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` (the default applies when VAR is
+/// unset or empty) on every line that is not a comment; `$${` is a literal
+/// `${`. An unset variable without a default, an unterminated `${` or a bad
+/// name is an issue at `file:line`.
+pub(crate) fn expand_env(
+    text: &str,
+    file: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Vec<ConfigIssue>> {
+    if !text.contains("${") {
+        return Ok(text.to_owned());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut issues = Vec::new();
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') || !line.contains("${") {
+            out.push_str(line);
+            continue;
+        }
+        let issue = |expr: &str, message: String| ConfigIssue {
+            file: file.to_owned(),
+            line: Some(n + 1),
+            key: expr.to_owned(),
+            message,
+        };
+        let mut rest = line;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos..];
+            if let Some(tail) = after.strip_prefix("$${") {
+                out.push_str("${");
+                rest = tail;
+                continue;
+            }
+            let Some(body) = after.strip_prefix("${") else {
+                out.push('$');
+                rest = &after[1..];
+                continue;
+            };
+            let Some(end) = body.find('}') else {
+                issues.push(issue(
+                    after.trim_end(),
+                    "unterminated ${ (write $${ for a literal)".to_owned(),
+                ));
+                rest = "";
+                break;
+            };
+            let expr = &after[..end + 3];
+            let inner = &body[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (inner, None),
+            };
+            let valid = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                issues.push(issue(
+                    expr,
+                    format!("{name:?} is not an environment variable name (letters, digits, _)"),
+                ));
+            } else {
+                match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+                    (Some(value), _) => out.push_str(&value),
+                    (None, Some(default)) => out.push_str(default),
+                    (None, None) => issues.push(issue(
+                        expr,
+                        format!(
+                            "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+                        ),
+                    )),
+                }
+            }
+            rest = &body[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    if issues.is_empty() {
+        Ok(out)
+    } else {
+        Err(issues)
+    }
 }
 
 /// Deserializes one file, naming line and key in its error.
@@ -187,9 +493,11 @@ fn clean_message(msg: &str) -> String {
     m.to_owned()
 }
 
-/// Files matching `pattern` (relative to `dir`): `*` and `?` in any path
-/// component; hidden files only when the pattern component starts with `.`.
-/// A pattern without wildcards must name an existing file.
+/// Files matching `pattern` (relative to `dir`, or absolute): `*` and `?`
+/// within one path component, `**` as a whole component for any number of
+/// directories (none included); hidden files and directories only when the
+/// pattern component starts with `.`. The matches are sorted. A pattern
+/// without wildcards must name an existing file.
 fn expand_glob(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     let pattern_path = Path::new(pattern);
     let full = if pattern_path.is_absolute() {
@@ -208,6 +516,19 @@ fn expand_glob(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     let mut current = vec![PathBuf::new()];
     for comp in full.components() {
         let comp_str = comp.as_os_str().to_string_lossy();
+        if comp_str == "**" {
+            let mut next = Vec::new();
+            for base in &current {
+                descendants(base, &mut next);
+            }
+            current = next;
+            continue;
+        }
+        if comp_str.contains("**") {
+            return Err(format!(
+                "{pattern:?}: ** must be a whole path component (like conf.d/**/*.yaml)"
+            ));
+        }
         if !has_wildcard(&comp_str) {
             for p in &mut current {
                 p.push(comp.as_os_str());
@@ -216,11 +537,7 @@ fn expand_glob(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
         }
         let mut next = Vec::new();
         for base in &current {
-            let Ok(entries) = std::fs::read_dir(if base.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                base
-            }) else {
+            let Ok(entries) = std::fs::read_dir(readable(base)) else {
                 continue;
             };
             let mut names: Vec<String> = entries
@@ -236,7 +553,35 @@ fn expand_glob(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     }
     current.retain(|p| p.is_file());
     current.sort();
+    current.dedup();
     Ok(current)
+}
+
+fn readable(base: &Path) -> &Path {
+    if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base
+    }
+}
+
+/// `base` and every directory below it that is not hidden (symbolic links
+/// to directories are not followed, so a link loop cannot recurse).
+fn descendants(base: &Path, out: &mut Vec<PathBuf>) {
+    out.push(base.to_path_buf());
+    let Ok(entries) = std::fs::read_dir(readable(base)) else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| base.join(e.file_name()))
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        descendants(&d, out);
+    }
 }
 
 fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
@@ -251,3 +596,6 @@ fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -88,7 +88,8 @@ fn reference_config_loads() {
     // ...and the only semantic problems are the reference's own dangling
     // names: region eu-west is never defined and www.example.com lies in
     // none of its zones.
-    let e = load(&path).unwrap_err();
+    // (`parse`, not `load`: a checkout's files are readable by others.)
+    let e = parse(&text, &path).unwrap_err();
     let keys: Vec<&str> = e.issues().iter().map(|i| i.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -104,7 +105,9 @@ fn reference_config_loads() {
 #[test]
 fn example_config_loads_with_paths_resolved() {
     let path = repo_file("../examples/gslb.yaml");
-    let cfg = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    // `parse`, not `load`: a checkout's files are readable by others.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.dns.listen_address, "127.0.0.1:5353".parse().unwrap());
     assert_eq!(
         cfg.overwatch.grpc_address,
@@ -155,7 +158,7 @@ overwatch:
   identity: {node_id: overwatch-1, region: us-east}
   data_dir: /var/lib/opengslb
   validation: {enabled: true, check_interval: 30s, check_timeout: 5s}
-  dnssec: {enabled: false, security_acknowledgment: I understand}
+  dnssec: {enabled: false, security_acknowledgment: \"I understand that answers will be unsigned and that resolvers cannot detect forged answers\"}
 api:
   enabled: true
   address: 127.0.0.1:8080
@@ -399,6 +402,18 @@ fn dnssec_off_needs_acknowledgment() {
         "overwatch.dnssec.enabled",
         "security_acknowledgment",
     );
+    // Any other statement is refused, even a close one.
+    one(
+        "overwatch:\n  dnssec:\n    enabled: false\n    security_acknowledgment: I understand\n",
+        3,
+        "overwatch.dnssec.enabled",
+        "exactly",
+    );
+    let exact = format!(
+        "overwatch:\n  dnssec:\n    enabled: false\n    security_acknowledgment: \"{}\"\n",
+        validate::DNSSEC_OFF_ACKNOWLEDGMENT
+    );
+    assert!(!ok(&domain(&exact)).overwatch.dnssec.enabled);
 }
 
 #[test]
@@ -417,6 +432,8 @@ fn includes_merge_and_name_their_file() {
     .unwrap();
     let main = dir.path().join("gslb.yaml");
     std::fs::write(&main, format!("includes: [\"conf.d/*.yaml\"]\n{BASE}")).unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    std::fs::set_permissions(&main, mode).unwrap();
     let cfg = load(&main).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.regions.len(), 2);
     assert_eq!(cfg.dns.zones.len(), 2);

@@ -1,13 +1,18 @@
 //! Semantic validation: everything serde cannot check, reported all at once,
 //! each problem with the file and line it comes from.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::include::{Origins, Source};
 use super::{Config, ConfigIssue, DnsName, HealthCheckConfig, HealthCheckType, RecordType};
 
 /// Largest TTL allowed (RFC 2181 §8).
 pub(crate) const MAX_TTL: u32 = (1 << 31) - 1;
+
+/// The exact statement `overwatch.dnssec.security_acknowledgment` must hold
+/// for `overwatch.dnssec.enabled: false` (docs/configuration.md, DNSSEC).
+pub(crate) const DNSSEC_OFF_ACKNOWLEDGMENT: &str =
+    "I understand that answers will be unsigned and that resolvers cannot detect forged answers";
 
 const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
 
@@ -50,15 +55,18 @@ fn check_dns(cfg: &Config, r: &mut Report<'_>) {
     if cfg.dns.default_ttl > MAX_TTL {
         r.at("dns.default_ttl", format!("TTL must be at most {MAX_TTL}"));
     }
-    let mut seen = HashSet::new();
+    let mut seen = HashMap::new();
     for (z, zone) in cfg.dns.zones.iter().enumerate() {
-        if !seen.insert(&zone.name) {
+        if let Some(&first) = seen.get(&zone.name) {
+            let also = r.place(List::Zones, first, ".name");
             r.item(
                 List::Zones,
                 z,
                 ".name",
-                format!("zone {} is configured twice", zone.name),
+                format!("zone {} is configured twice (also at {also})", zone.name),
             );
+        } else {
+            seen.insert(&zone.name, z);
         }
         let soa = &zone.soa;
         for (key, v) in [
@@ -82,17 +90,20 @@ fn check_dns(cfg: &Config, r: &mut Report<'_>) {
 
 fn check_regions(cfg: &Config, r: &mut Report<'_>) {
     let names: HashSet<&str> = cfg.regions.iter().map(|g| g.name.as_str()).collect();
-    let mut seen = HashSet::new();
+    let mut seen = HashMap::new();
     for (i, region) in cfg.regions.iter().enumerate() {
         if region.name.trim().is_empty() {
             r.item(List::Regions, i, ".name", "region name must not be empty");
-        } else if !seen.insert(region.name.as_str()) {
+        } else if let Some(&first) = seen.get(region.name.as_str()) {
+            let also = r.place(List::Regions, first, ".name");
             r.item(
                 List::Regions,
                 i,
                 ".name",
-                format!("region {:?} is defined twice", region.name),
+                format!("region {:?} is defined twice (also at {also})", region.name),
             );
+        } else {
+            seen.insert(region.name.as_str(), i);
         }
         for (c, code) in region.countries.iter().enumerate() {
             if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -216,15 +227,18 @@ fn check_health(hc: &HealthCheckConfig, report: &mut dyn FnMut(&str, String)) {
 }
 
 fn check_domains(cfg: &Config, r: &mut Report<'_>) {
-    let mut seen = HashSet::new();
+    let mut seen = HashMap::new();
     for (i, domain) in cfg.domains.iter().enumerate() {
-        if !seen.insert(&domain.name) {
+        if let Some(&first) = seen.get(&domain.name) {
+            let also = r.place(List::Domains, first, ".name");
             r.item(
                 List::Domains,
                 i,
                 ".name",
-                format!("domain {} is defined twice", domain.name),
+                format!("domain {} is defined twice (also at {also})", domain.name),
             );
+        } else {
+            seen.insert(&domain.name, i);
         }
         if cfg.zone_of(&domain.name).is_none() {
             r.item(
@@ -415,6 +429,18 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
     if dp.tcp.io_timeout.is_zero() {
         r.at("dataplane.tcp.io_timeout", "must be greater than 0");
     }
+    if dp.tcp.idle_timeout.is_zero() {
+        r.at("dataplane.tcp.idle_timeout", "must be greater than 0");
+    }
+    if dp.tcp.max_connections == 0 {
+        r.at("dataplane.tcp.max_connections", "must be at least 1");
+    }
+    if dp.tcp.max_output_bytes < 512 {
+        r.at("dataplane.tcp.max_output_bytes", "must be at least 512");
+    }
+    if !(1..=100).contains(&dp.tcp.one_shot_percent) {
+        r.at("dataplane.tcp.one_shot_percent", "must be 1-100");
+    }
     let ow = &cfg.overwatch;
     if ow.identity.node_id.trim().is_empty() {
         r.at("overwatch.identity.node_id", "must not be empty");
@@ -464,14 +490,14 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
     }
     let sec = &ow.dnssec;
     if !sec.enabled
-        && sec
-            .security_acknowledgment
-            .as_deref()
-            .is_none_or(|s| s.trim().is_empty())
+        && sec.security_acknowledgment.as_deref().map(str::trim)
+            != Some(DNSSEC_OFF_ACKNOWLEDGMENT)
     {
         r.at(
             "overwatch.dnssec.enabled",
-            "turning DNSSEC off needs overwatch.dnssec.security_acknowledgment (a non-empty statement)",
+            format!(
+                "turning DNSSEC off needs overwatch.dnssec.security_acknowledgment set to exactly {DNSSEC_OFF_ACKNOWLEDGMENT:?}"
+            ),
         );
     }
     if sec.enabled && sec.refresh_before >= sec.signature_validity {
@@ -521,6 +547,25 @@ impl Report<'_> {
             key: key.to_owned(),
             message: message.into(),
         });
+    }
+
+    /// `file:line` of `sub` of item `index` of a merged list.
+    fn place(&self, list: List, index: usize, sub: &str) -> String {
+        let (origins, prefix) = match list {
+            List::Regions => (&self.origins.regions, "regions"),
+            List::Domains => (&self.origins.domains, "domains"),
+            List::Zones => (&self.origins.zones, "dns.zones"),
+        };
+        let origin = origins
+            .get(index)
+            .copied()
+            .unwrap_or(super::include::Origin { source: 0, index });
+        let source = &self.sources[origin.source.min(self.sources.len() - 1)];
+        let key = format!("{prefix}[{}]{sub}", origin.index);
+        match source.lines.line(&key) {
+            Some(line) => format!("{}:{line}", source.file.display()),
+            None => source.file.display().to_string(),
+        }
     }
 
     /// An issue at `sub` (e.g. `.servers[0].port`) of item `index` of a

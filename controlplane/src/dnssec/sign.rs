@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 use opengslb_proto::{RRset, Snapshot};
 
 use super::keys::ZoneKey;
-use super::{nsec, rtype, Dnssec, Keyring, SigningStats};
-use crate::config::DnssecConfig;
+use super::{nsec, nsec3, rtype, Dnssec, Keyring, SigningStats};
+use crate::config::{DnssecConfig, DnssecDenial};
 
 /// Inception is backdated this far, for clocks behind ours.
 pub const INCEPTION_BACKDATE: Duration = Duration::from_secs(3600);
@@ -127,10 +127,13 @@ impl Signer {
         };
         let mut earliest: Option<u32> = None;
         let mut zone_expiry = Vec::with_capacity(snap.zones.len());
+        let mut zone_signed = Vec::with_capacity(snap.zones.len());
         for zi in 0..snap.zones.len() {
-            let expiry = self.sign_zone(&keyring, snap, zi, window, &mut outcome);
+            let before = outcome.signed;
+            let expiry = self.sign_zone(&keyring, snap, zi, window, cfg.denial, &mut outcome);
             earliest = min_opt(earliest, expiry);
             zone_expiry.push(expiry);
+            zone_signed.push(outcome.signed - before);
         }
         let pass = self.pass;
         self.cache.retain(|_, c| c.pass == pass);
@@ -148,6 +151,12 @@ impl Signer {
                 .iter()
                 .zip(zone_expiry)
                 .map(|(z, e)| (z.apex.clone(), e.map(u64::from)))
+                .collect(),
+            zone_signed: snap
+                .zones
+                .iter()
+                .zip(zone_signed)
+                .map(|(z, n)| (z.apex.clone(), n))
                 .collect(),
         });
         if outcome.signed > 0 {
@@ -168,6 +177,7 @@ impl Signer {
         snap: &mut Snapshot,
         zi: usize,
         window: Window,
+        denial: DnssecDenial,
         outcome: &mut SignOutcome,
     ) -> Option<u32> {
         let zone = snap.zones.get_mut(zi)?;
@@ -218,9 +228,14 @@ impl Signer {
                 }
             }
         }
-        nsec::build_chain(snap, zi, negative_ttl, |owner, set| {
-            pass.sign_rrset(owner, set, false);
-        });
+        match denial {
+            DnssecDenial::Nsec => nsec::build_chain(snap, zi, negative_ttl, |owner, set| {
+                pass.sign_rrset(owner, set, false);
+            }),
+            DnssecDenial::Nsec3 => nsec3::build_chain(snap, zi, negative_ttl, ttl, |owner, set| {
+                pass.sign_rrset(owner, set, false);
+            }),
+        }
         pass.earliest
     }
 }

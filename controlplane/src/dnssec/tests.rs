@@ -562,3 +562,71 @@ fn sign_100k_names() {
         snap.encoded_len()
     );
 }
+
+#[test]
+fn nsec3_chain_hashes_every_owner_and_verifies() {
+    use hickory_proto::dnssec::rdata::NSEC3;
+    use hickory_proto::dnssec::Nsec3HashAlgorithm;
+    let mut cfg = cfg();
+    cfg.overwatch.dnssec.denial = config::DnssecDenial::Nsec3;
+    let dnssec = keys_for(&cfg, Algorithm::EcdsaP256Sha256, true);
+    let (_, snap) = signed(&dnssec, &cfg, at(0));
+    let now = unix(at(0));
+    for (zi, zone) in snap.zones.iter().enumerate() {
+        let keys = dnskeys(&snap, zi);
+        let chain = zone.nsec3.as_ref().expect("NSEC3 chain");
+        let param = chain.param.as_ref().unwrap();
+        assert_eq!(param.rdata, [vec![1, 0, 0, 0, 0]]);
+        verify(&keys, &zone.apex, &zone.apex, param, now);
+        let owners: Vec<&[u8]> = snap
+            .nodes
+            .iter()
+            .filter(|n| n.zone as usize == zi)
+            .inspect(|n| assert!(n.denial.is_empty(), "no NSEC beside NSEC3"))
+            .map(|n| n.name.as_slice())
+            .chain(std::iter::once(zone.apex.as_slice()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // hickory's hash of every owner name, 0 iterations, no salt.
+        let mut want: Vec<Vec<u8>> = owners
+            .iter()
+            .map(|o| {
+                Nsec3HashAlgorithm::SHA1
+                    .hash(&[], &hname(o), 0)
+                    .unwrap()
+                    .as_ref()
+                    .to_vec()
+            })
+            .collect();
+        want.sort();
+        let got: Vec<Vec<u8>> = chain.records.iter().map(|r| r.hash.clone()).collect();
+        assert_eq!(got, want, "one NSEC3 per owner name, sorted by hash");
+        for (i, r) in chain.records.iter().enumerate() {
+            let set = r.rrset.as_ref().unwrap();
+            assert_eq!(set.ttl, zone.negative_ttl);
+            let RData::DNSSEC(DNSSECRData::NSEC3(n)) = rdata(50, &set.rdata[0]) else {
+                panic!("not NSEC3");
+            };
+            let n: &NSEC3 = &n;
+            assert_eq!((n.iterations(), n.salt(), n.opt_out()), (0, &[][..], false));
+            assert_eq!(
+                n.next_hashed_owner_name(),
+                chain.records[(i + 1) % chain.records.len()].hash.as_slice()
+            );
+            let owner = nsec3::owner(&r.hash.as_slice().try_into().unwrap(), &zone.apex);
+            let tags = verify(&keys, &zone.apex, &owner, set, now);
+            assert!(!tags.is_empty());
+            // The apex's bitmap has NSEC3PARAM; an empty non-terminal's is empty.
+            let types: BTreeSet<RecordType> = n.type_bit_maps().collect();
+            if r.hash == nsec3::hash(&zone.apex).to_vec() {
+                assert!(types.contains(&RecordType::NSEC3PARAM), "{types:?}");
+                assert!(types.contains(&RecordType::DNSKEY));
+            }
+            let deep = DnsName::parse("deep.example.com").unwrap().to_wire();
+            if r.hash == nsec3::hash(&deep).to_vec() {
+                assert!(types.is_empty(), "ENT bitmap {types:?}");
+            }
+        }
+    }
+}

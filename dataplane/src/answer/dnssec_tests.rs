@@ -218,6 +218,7 @@ fn signed_multi_record_picks_answer_one_with_do() {
             }),
             weight: 1,
             region: 0,
+            geo_fallback: 0,
         })
         .collect();
     let s = Snapshot::try_from(&p).unwrap();

@@ -31,9 +31,12 @@ fn plan(policy: Policy, max_answers: u32, servers: &[(u8, u32)]) -> proto::Answe
                 rrset: Some(rrset(1, 30, vec![ip(last).octets().to_vec()])),
                 weight,
                 region: 0,
+                geo_fallback: 0,
             })
             .collect(),
         when_all_down: WhenAllDown::Servfail as i32,
+        ecs_max_prefix_v4: 0,
+        ecs_max_prefix_v6: 0,
     }
 }
 
@@ -158,6 +161,7 @@ fn round_robin_spread_within_one_percent() {
         )),
         weight: 1,
         region: 0,
+        geo_fallback: 0,
     }];
     let s = snap_with(p);
     let got = shares(&s, N, 3);

@@ -41,8 +41,11 @@ fn plan(rtype: u32, ttl: u32, rdata: Vec<Vec<u8>>, max_answers: u32) -> proto::A
             rrset: Some(rrset(rtype, ttl, rdata)),
             weight: 1,
             region: 0,
+            geo_fallback: 0,
         }],
         when_all_down: WhenAllDown::Unspecified as i32,
+        ecs_max_prefix_v4: 0,
+        ecs_max_prefix_v6: 0,
     }
 }
 
@@ -95,6 +98,7 @@ pub(crate) fn fixture() -> proto::Snapshot {
             )),
             dnskey: None,
             negative_ttl: 60,
+            nsec3: None,
         }],
         nodes: vec![
             node(
