@@ -16,8 +16,8 @@
 # Environment: ANCHORS (the run-anchors.sh folder, default
 # <repo>/../shared/bench), NO_BUILD=1 (skip cargo build), OPENGSLB_BIN (folder
 # of prebuilt binaries to measure instead of target/release), DEFENCES
-# (e.g. `on,off`: measure OpenGSLB once per setting of serve.sh's
-# OPENGSLB_BENCH_DEFENCES, as targets opengslb-on and opengslb-off, in the
+# (e.g. `on,off,default`: measure OpenGSLB once per setting of serve.sh's
+# OPENGSLB_BENCH_DEFENCES, as targets opengslb-on, opengslb-off, …, in the
 # same interleaved run; default: one target, opengslb, with the defaults).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

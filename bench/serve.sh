@@ -35,7 +35,7 @@ fi
 ln -sf "$frag" "$RUN/zone.yaml"
 
 case "${OPENGSLB_BENCH_DEFENCES:-}" in
-  "")  DEFENCES="  cookies: {secret_file: cookie.secret}" ;;
+  ""|default) DEFENCES="  cookies: {secret_file: cookie.secret}" ;;
   on)  DEFENCES="  rrl: {enabled: true, exempt: [], responses_per_second: 100000000}
   cookies: {enabled: true, secret_file: cookie.secret}" ;;
   off) DEFENCES="  rrl: {enabled: false}
@@ -45,7 +45,7 @@ case "${OPENGSLB_BENCH_DEFENCES:-}" in
   mix) DEFENCES="  rrl: {exempt: [127.0.0.1/32]}
   tcp: {max_connections: ${OPENGSLB_BENCH_TCP_CAP:-64}}
   cookies: {secret_file: cookie.secret}" ;;
-  *) echo "serve.sh: OPENGSLB_BENCH_DEFENCES must be on, off or mix" >&2; exit 2 ;;
+  *) echo "serve.sh: OPENGSLB_BENCH_DEFENCES must be default, on, off or mix" >&2; exit 2 ;;
 esac
 
 # The anchors serve the zone unsigned: so does OpenGSLB here, unless

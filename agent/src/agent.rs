@@ -384,9 +384,16 @@ async fn connect_register(
     s: &LinkSettings,
     shared: &Arc<Shared>,
     id: &Identity,
-) -> Result<(AgentServiceClient<tonic::transport::Channel>, u64, Vec<String>), Failure> {
-    let config = tls::client_config(id, &s.endpoint, &s.trust)
-        .map_err(|e| Failure::Other(e.to_string()))?;
+) -> Result<
+    (
+        AgentServiceClient<tonic::transport::Channel>,
+        u64,
+        Vec<String>,
+    ),
+    Failure,
+> {
+    let config =
+        tls::client_config(id, &s.endpoint, &s.trust).map_err(|e| Failure::Other(e.to_string()))?;
     let channel = tls::connect(&s.endpoint, config, Duration::from_secs(3))
         .await
         .map_err(|e| Failure::Other(format!("connect: {e}: {}", source_chain(&e))))?;

@@ -158,7 +158,10 @@ async fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
     let shared = agent::Shared::new(&acfg, metrics);
     let _prober = agent::start_checks(&shared).map_err(|e| e.to_string())?;
     if acfg.predictive.enabled {
-        tokio::spawn(agent::predictive_loop(shared.clone(), acfg.predictive.clone()));
+        tokio::spawn(agent::predictive_loop(
+            shared.clone(),
+            acfg.predictive.clone(),
+        ));
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut links = Vec::new();
@@ -181,7 +184,12 @@ async fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
             stop_rx.clone(),
         )));
     }
-    tracing::info!(agent_id, backends = shared.backends.len(), controlplanes = links.len(), "agent running");
+    tracing::info!(
+        agent_id,
+        backends = shared.backends.len(),
+        controlplanes = links.len(),
+        "agent running"
+    );
     wait_for_stop().await;
     tracing::info!("stopping: deregistering from every controlplane");
     let _ = stop_tx.send(true);
@@ -193,8 +201,8 @@ async fn run(config_path: &Path, cfg: Config) -> Result<(), String> {
 /// `agent-` and 16 hex digits of the SHA-256 of the public key: stable
 /// across certificate rotations (they keep the key).
 fn agent_id(key_path: &Path) -> Result<String, String> {
-    let pem = std::fs::read_to_string(key_path)
-        .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let pem =
+        std::fs::read_to_string(key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
     let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| format!("{}: {e}", key_path.display()))?;
     let d = ring::digest::digest(&ring::digest::SHA256, key.public_key_pem().as_bytes());
     Ok(format!(
@@ -232,6 +240,7 @@ fn init_logging(level: LogLevel, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(name));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -54,7 +54,8 @@ impl AgentMetrics {
         };
         m.registry.register(Box::new(m.backends.clone()))?;
         m.registry.register(Box::new(m.heartbeats.clone()))?;
-        m.registry.register(Box::new(m.heartbeat_failures.clone()))?;
+        m.registry
+            .register(Box::new(m.heartbeat_failures.clone()))?;
         m.registry.register(Box::new(m.connections.clone()))?;
         m.registry.register(Box::new(m.predictive.clone()))?;
         Ok(m)

@@ -5,10 +5,7 @@
 //! has cleared, where clearing needs the value below the threshold by
 //! [`HYSTERESIS`] of it (no flapping at the edge).
 
-use std::{
-    collections::VecDeque,
-    time::Duration,
-};
+use std::{collections::VecDeque, time::Duration};
 
 use tokio::time::Instant;
 

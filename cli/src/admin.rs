@@ -144,6 +144,8 @@ pub(crate) enum Command {
     },
     /// `dnssec …`.
     Dnssec(crate::dnssec::DnssecCmd),
+    /// `agents …`.
+    Agents(crate::agents::AgentsCmd),
 }
 
 // === impl Connection ===
@@ -220,6 +222,7 @@ async fn run_async(cmd: Command, conn: &Connection, config: Option<&Path>) -> Re
     let token = token.as_deref();
     match cmd {
         Command::Dnssec(c) => crate::dnssec::run(&mut client, c, out).await?,
+        Command::Agents(c) => crate::agents::run(&mut client, c, token, out).await?,
         Command::Status => {
             let s = client
                 .get_status(GetStatusRequest {})

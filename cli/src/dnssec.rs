@@ -17,9 +17,12 @@ use crate::output::{print_table, Output};
 pub(crate) enum DnssecCmd {
     /// DS records of ZONE to publish at the parent, one full line each.
     Ds {
+        /// Zone apex (or `--zone ZONE`).
+        #[arg(required_unless_present = "zone_flag", conflicts_with = "zone_flag")]
+        zone: Option<String>,
         /// Zone apex.
-        #[arg(long)]
-        zone: String,
+        #[arg(long = "zone", value_name = "ZONE")]
+        zone_flag: Option<String>,
     },
     /// Keys, tags, ages, signatures, next expiry and key sync state.
     Status,
@@ -32,7 +35,8 @@ pub(crate) async fn run(
     out: Output,
 ) -> Result<()> {
     match cmd {
-        DnssecCmd::Ds { zone } => {
+        DnssecCmd::Ds { zone, zone_flag } => {
+            let zone = zone.or(zone_flag).unwrap_or_default();
             let r = client
                 .get_ds(GetDsRequest { zone: zone.clone() })
                 .await
@@ -107,7 +111,10 @@ pub(crate) async fn run(
                             })
                         })
                         .collect();
-                    print_table(&["ZONE", "KEY TAG", "ROLE", "ALG", "FLAGS", "AGE (s)"], &rows);
+                    print_table(
+                        &["ZONE", "KEY TAG", "ROLE", "ALG", "FLAGS", "AGE (s)"],
+                        &rows,
+                    );
                     for z in &s.zones {
                         for ds in &z.ds {
                             println!("{ds}");

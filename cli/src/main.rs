@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod agents;
 mod dnssec;
 mod output;
 
@@ -81,6 +82,11 @@ enum Cmd {
         #[command(subcommand)]
         command: dnssec::DnssecCmd,
     },
+    /// Agents: list the pinned ones, revoke one.
+    Agents {
+        #[command(subcommand)]
+        command: agents::AgentsCmd,
+    },
     /// Stream health changes as they are published.
     Watch {
         /// Only this service (domain name).
@@ -89,6 +95,11 @@ enum Cmd {
     },
     /// Print the version.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,6 +139,19 @@ fn main() -> ExitCode {
         Cmd::Reload => remote(admin::Command::Reload),
         Cmd::Watch { service } => remote(admin::Command::Watch { service }),
         Cmd::Dnssec { command } => remote(admin::Command::Dnssec(command)),
+        Cmd::Agents { command } => remote(admin::Command::Agents(command)),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into a buffer first: the generator panics on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "opengslb", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(e).context("writing the completion script"),
+            }
+        }
         Cmd::Version => {
             println!("opengslb {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -10,11 +10,12 @@ use futures::Stream;
 use opengslb_proto::{
     admin_service_server::{AdminService, AdminServiceServer},
     AddGeoMappingRequest, DeleteOverrideRequest, DeleteOverrideResponse, GeoLookupRequest,
-    GeoLookupResponse, GeoMapping, GetDnssecStatusRequest, GetDnssecStatusResponse, GetDsRequest, GetDsResponse, GetStatusRequest,
-    GetStatusResponse, HealthEvent, ListGeoMappingsRequest, ListGeoMappingsResponse,
-    ListOverridesRequest, ListOverridesResponse, ListServersRequest, ListServersResponse, Override,
-    ReloadConfigRequest, ReloadConfigResponse, RemoveGeoMappingRequest, RemoveGeoMappingResponse,
-    Server, SetOverrideRequest, ValidateConfigRequest, ValidateConfigResponse, WatchHealthRequest,
+    GeoLookupResponse, GeoMapping, GetDnssecStatusRequest, GetDnssecStatusResponse, GetDsRequest,
+    GetDsResponse, GetStatusRequest, GetStatusResponse, HealthEvent, ListGeoMappingsRequest,
+    ListGeoMappingsResponse, ListOverridesRequest, ListOverridesResponse, ListServersRequest,
+    ListServersResponse, Override, ReloadConfigRequest, ReloadConfigResponse,
+    RemoveGeoMappingRequest, RemoveGeoMappingResponse, Server, SetOverrideRequest,
+    ValidateConfigRequest, ValidateConfigResponse, WatchHealthRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -329,6 +330,54 @@ impl AdminService for Admin {
         let caller = self.guard(&req, true)?;
         ops::delete_geo_mapping(&self.app, &caller, &req.into_inner().cidr).await?;
         Ok(Response::new(RemoveGeoMappingResponse { deleted: true }))
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<opengslb_proto::ListAgentsRequest>,
+    ) -> Reply<opengslb_proto::ListAgentsResponse> {
+        self.guard(&req, false)?;
+        let state = self.app.state()?;
+        let agents = crate::overwatch::list(&state)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|a| opengslb_proto::AgentInfo {
+                agent_id: a.agent_id,
+                region: a.region,
+                fingerprint: a.fingerprint,
+                services: a.services,
+                revoked: a.revoked,
+                connected: a.connected,
+                stale: a.stale,
+                heartbeat_age_seconds: a.heartbeat_age_seconds.unwrap_or(-1.0),
+                backends: u32::try_from(a.backends).unwrap_or(u32::MAX),
+                pinned_at: a.pinned_at,
+            })
+            .collect();
+        Ok(Response::new(opengslb_proto::ListAgentsResponse { agents }))
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<opengslb_proto::RevokeAgentRequest>,
+    ) -> Reply<opengslb_proto::RevokeAgentResponse> {
+        let caller = self.guard(&req, true)?;
+        let state = self.app.state()?;
+        let id = req.into_inner().agent_id;
+        let generation = crate::overwatch::revoke_and_publish(
+            &state,
+            &id,
+            &caller.who,
+            &caller.from.to_string(),
+        )
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::NotFound("no such agent".into()))?;
+        Ok(Response::new(opengslb_proto::RevokeAgentResponse {
+            revoked: true,
+            generation,
+        }))
     }
 }
 

@@ -109,13 +109,19 @@ impl App {
         self.inner.geo_writer.lock().await
     }
 
+    /// Reads the runtime geo mappings from the store and, when they
+    /// changed, compiles them into the geo range table and publishes it.
     async fn reload_geo(&self, state: &State) -> Result<(), ApiError> {
         let rows = state.store.geo_mappings().await?;
         *self
             .inner
             .geo
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(rows);
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(rows.clone());
+        state
+            .set_geo_mappings(rows)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("publishing the geo table: {e}")))?;
         Ok(())
     }
 }

@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use opengslb_proto::{
-    rtype, AnswerPlan, Candidate, Node, Policy, RRset, ServeOptions, Snapshot,
-    WhenAllDown, Zone,
+    rtype, AnswerPlan, Candidate, Node, Policy, RRset, ServeOptions, Snapshot, WhenAllDown, Zone,
 };
 
 use crate::config::{
@@ -36,6 +35,8 @@ pub mod wire;
 
 pub use routing::{LatencyReport, LatencySample, GEO_ANY_REGION};
 
+#[cfg(test)]
+mod geo_tests;
 #[cfg(test)]
 mod tests;
 
@@ -244,6 +245,11 @@ impl Compiler {
         self.geo_inputs.db.clone()
     }
 
+    /// The runtime geo mappings in use.
+    pub fn geo_mappings(&self) -> Arc<Vec<GeoMappingRow>> {
+        self.geo_inputs.runtime.clone()
+    }
+
     /// Sets the runtime geo mappings (the store's), from the next compile on.
     pub fn set_geo_mappings(&mut self, rows: Arc<Vec<GeoMappingRow>>) {
         self.geo_inputs.runtime = rows;
@@ -261,11 +267,7 @@ impl Compiler {
                 return t.clone();
             }
         }
-        let table = RangeTable::build(
-            cfg,
-            self.geo_inputs.db.as_deref(),
-            &self.geo_inputs.runtime,
-        );
+        let table = RangeTable::build(cfg, self.geo_inputs.db.as_deref(), &self.geo_inputs.runtime);
         let next = VersionedTable::next(self.geo.as_ref().map(|g| &g.2), table, generation);
         self.geo = Some((key, version, next.clone()));
         next
@@ -393,7 +395,7 @@ impl Compiler {
             origin: cfg.overwatch.identity.node_id.clone(),
             zones,
             nodes: nodes.finish(),
-            geo: Some(geo.table.to_proto(geo.generation)),
+            geo: Some((*geo.proto).clone()),
             options: Some(ServeOptions {
                 edns_udp_size: u32::from(cfg.dataplane.edns_udp_size),
                 ecs_enabled: cfg.overwatch.geolocation.ecs_enabled,
@@ -508,9 +510,7 @@ fn plan(
     let round_robin = algorithm == RoutingAlgorithm::RoundRobin;
     // Round-robin and geolocation answer the whole (region's) set by default.
     let whole_set = round_robin || algorithm == RoutingAlgorithm::Geolocation;
-    let max_answers = domain
-        .max_answers
-        .unwrap_or(if whole_set { 0 } else { 1 });
+    let max_answers = domain.max_answers.unwrap_or(if whole_set { 0 } else { 1 });
     // A weighted server of weight 0 is never answered: it counts as absent.
     let servable = |m: &&&Member| algorithm != RoutingAlgorithm::Weighted || m.weight > 0;
 
@@ -693,7 +693,10 @@ fn geo_fingerprint(cfg: &Config) -> Vec<u8> {
     let geo = &cfg.overwatch.geolocation;
     let mut s = format!("{:?}\u{1}", geo.default_region);
     for r in &cfg.regions {
-        s.push_str(&format!("{}|{:?}|{:?}\u{1}", r.name, r.countries, r.continents));
+        s.push_str(&format!(
+            "{}|{:?}|{:?}\u{1}",
+            r.name, r.countries, r.continents
+        ));
     }
     for m in &geo.custom_mappings {
         s.push_str(&format!("{}|{}\u{1}", m.cidr, m.region));

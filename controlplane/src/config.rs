@@ -607,6 +607,10 @@ pub struct KeySyncConfig {
     pub poll_interval: Duration,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// File holding the bearer token this controlplane presents to its
+    /// peers' REST APIs (`TOKEN` or `NAME:TOKEN`, the peer's `api.token_file`
+    /// format); required when `peers` is not empty.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `agent:`, read by `opengslb-agent`.
@@ -1132,6 +1136,7 @@ impl Default for KeySyncConfig {
             peers: Vec::new(),
             poll_interval: Duration::from_secs(3600),
             timeout: Duration::from_secs(30),
+            token_file: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod nsec;
 pub mod nsec3;
 pub mod sign;
+pub mod sync;
 
 #[cfg(test)]
 mod tests;
@@ -77,6 +78,8 @@ struct Inner {
     signatures_total: BTreeMap<String, u64>,
     sync_success: u64,
     sync_failures: BTreeMap<String, u64>,
+    /// Key sync state per peer.
+    peers: Vec<sync::PeerSync>,
 }
 
 /// What [`metrics::DnssecCollector`] reads at a scrape.
@@ -173,8 +176,11 @@ pub struct KeyStatus {
 pub struct KeySyncStatus {
     /// Peers are configured.
     pub configured: bool,
-    /// `disabled`, or `not_implemented` while peer sync is not built.
+    /// `disabled` (no peers), `pending` (not polled yet), `ok` (every
+    /// peer's last poll succeeded) or `failing`.
     pub state: &'static str,
+    /// Per peer.
+    pub peers: Vec<sync::PeerSync>,
 }
 
 // === impl Keyring ===
@@ -421,11 +427,16 @@ impl Dnssec {
             zones,
             key_sync: KeySyncStatus {
                 configured: key_sync_configured,
-                state: if key_sync_configured {
-                    "not_implemented"
-                } else {
+                state: if !key_sync_configured {
                     "disabled"
+                } else if inner.peers.is_empty() {
+                    "pending"
+                } else if inner.peers.iter().all(|p| p.last_error.is_none()) {
+                    "ok"
+                } else {
+                    "failing"
                 },
+                peers: inner.peers.clone(),
             },
         }
     }

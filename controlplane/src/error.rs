@@ -16,6 +16,9 @@ pub enum Error {
     /// DNSSEC keys could not be made, read or used.
     #[error("dnssec: {0}")]
     Dnssec(String),
+    /// The GeoIP database could not be read (file and reason).
+    #[error("{0}")]
+    Geo(#[from] crate::geo::GeoDbError),
     /// The metrics registry could not be set up.
     #[error("metrics: {0}")]
     Metrics(String),

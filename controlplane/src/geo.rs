@@ -31,6 +31,7 @@ use opengslb_proto::{GeoRange, GeoTable};
 
 use crate::{config::Config, store::GeoMappingRow};
 
+pub mod metrics;
 pub mod mmdb_writer;
 
 #[cfg(test)]
@@ -121,6 +122,8 @@ pub struct VersionedTable {
     pub generation: u64,
     /// The table.
     pub table: Arc<RangeTable>,
+    /// The table as the snapshot carries it (built once per generation).
+    pub proto: Arc<GeoTable>,
 }
 
 // === impl GeoDb ===
@@ -248,7 +251,9 @@ impl RangeTable {
                 })
                 .collect()
         };
-        let (db4, db6) = db.map_or((Vec::new(), Vec::new()), |d| (from_db(&d.v4), from_db(&d.v6)));
+        let (db4, db6) = db.map_or((Vec::new(), Vec::new()), |d| {
+            (from_db(&d.v4), from_db(&d.v6))
+        });
 
         let mut custom4 = Vec::new();
         let mut custom6 = Vec::new();
@@ -375,6 +380,7 @@ impl VersionedTable {
             Some(p) if *p.table == table => p.clone(),
             _ => Self {
                 generation,
+                proto: Arc::new(table.to_proto(generation)),
                 table: Arc::new(table),
             },
         }
@@ -495,7 +501,11 @@ fn overlay(base: &[Range], top: &[Range], bits: u32) -> Vec<Range> {
 fn split(mut lo: u128, hi: u128, like: &Range, bits: u32, out: &mut Vec<Range>) {
     loop {
         // Largest block aligned at `lo` that ends at or before `hi`.
-        let align = if lo == 0 { bits } else { lo.trailing_zeros().min(bits) };
+        let align = if lo == 0 {
+            bits
+        } else {
+            lo.trailing_zeros().min(bits)
+        };
         let mut size_bits = align;
         while size_bits > 0 && lo.checked_add(low_mask(size_bits)).is_none_or(|e| e > hi) {
             size_bits -= 1;
@@ -531,8 +541,55 @@ fn merge_siblings(sorted: Vec<Range>, bits: u32) -> Vec<Range> {
                 break;
             }
             out.truncate(out.len() - 2);
-            out.push(Range { len: a.len - 1, ..a });
+            out.push(Range {
+                len: a.len - 1,
+                ..a
+            });
         }
     }
     out
+}
+
+/// How often the GeoIP database file is checked for a change.
+pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Watches `overwatch.geolocation.database_path` (size and modification
+/// time, every [`WATCH_INTERVAL`]): a changed file is read again and its
+/// table published; a bad one is logged and the old table keeps serving.
+pub async fn watch_database(state: Arc<crate::server::State>) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut seen: Option<(PathBuf, Option<(u64, Option<std::time::SystemTime>)>)> = None;
+    loop {
+        let path = state
+            .config
+            .lock()
+            .await
+            .overwatch
+            .geolocation
+            .database_path
+            .clone();
+        match path {
+            None => seen = None,
+            Some(p) => {
+                let now = stamp(&p);
+                match &seen {
+                    // First look (or a new path, which the reload that set it read).
+                    None => seen = Some((p, now)),
+                    Some((q, _)) if *q != p => seen = Some((p, now)),
+                    Some((_, before)) if *before != now => {
+                        tracing::info!(path = %p.display(), "GeoIP database file changed; reloading");
+                        seen = Some((p, now));
+                        // Errors are logged by `reload_geo_db`.
+                        let _ = state.reload_geo_db().await;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
 }

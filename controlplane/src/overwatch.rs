@@ -259,7 +259,13 @@ impl Overwatch {
                     tls_verify: false,
                     ..Check::default()
                 };
-                out.insert(b.addr, Target { addr: b.addr, check });
+                out.insert(
+                    b.addr,
+                    Target {
+                        addr: b.addr,
+                        check,
+                    },
+                );
             }
         }
         out
@@ -448,7 +454,9 @@ impl HealthView for AgentView {
     }
 
     fn unprobed(&self, server: &ServerRef<'_>) -> ServerHealth {
-        self.by_addr.get(&server.address).map_or(ServerHealth::UP, own)
+        self.by_addr
+            .get(&server.address)
+            .map_or(ServerHealth::UP, own)
     }
 
     fn weight(&self, server: &ServerRef<'_>, configured: u32) -> u32 {
@@ -635,7 +643,14 @@ pub async fn start(state: Arc<State>) -> Result<Option<SocketAddr>> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let remove_after = sweeper.config.lock().await.overwatch.stale.remove_after.get();
+            let remove_after = sweeper
+                .config
+                .lock()
+                .await
+                .overwatch
+                .stale
+                .remove_after
+                .get();
             sweep(&sweeper, tokio::time::Instant::now(), remove_after);
         }
     });
@@ -681,7 +696,9 @@ pub fn serve(state: Arc<State>, listener: tokio::net::TcpListener) -> Result<()>
         None => return Err(Error::Metrics("config locked while starting".into())),
     };
     let config = tls::server_config(&identity).map_err(|e| Error::Listen {
-        addr: listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        addr: listener
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
         message: e.to_string(),
     })?;
     let metrics = state.overwatch.metrics.clone();
@@ -785,7 +802,11 @@ pub async fn revoke(state: &State, id: &str) -> Result<bool> {
         state.overwatch.metrics.pinned.dec();
     }
     if removed {
-        let _ = state.overwatch.metrics.heartbeat_age.remove_label_values(&[id]);
+        let _ = state
+            .overwatch
+            .metrics
+            .heartbeat_age
+            .remove_label_values(&[id]);
         state
             .overwatch
             .metrics
@@ -794,4 +815,33 @@ pub async fn revoke(state: &State, id: &str) -> Result<bool> {
     }
     state.overwatch.notify();
     Ok(known || removed)
+}
+
+/// [`revoke`], then publish and audit: the REST and admin gRPC entry
+/// point. `None` when no such agent is known.
+pub async fn revoke_and_publish(
+    state: &State,
+    id: &str,
+    who: &str,
+    from: &str,
+) -> Result<Option<u64>> {
+    if !revoke(state, id).await? {
+        return Ok(None);
+    }
+    let generation = match state.recompile("agent.revoke").await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "publishing after a revocation failed");
+            0
+        }
+    };
+    let detail = format!(
+        "{{\"agent_id\":{},\"generation\":{generation}}}",
+        serde_json::Value::String(id.to_owned())
+    );
+    if let Err(e) = state.store.audit(who, from, "agent.revoke", &detail).await {
+        tracing::error!(error = %e, "audit record not written");
+    }
+    tracing::warn!(agent_id = %id, who, from, "agent revoked");
+    Ok(Some(generation))
 }

@@ -94,6 +94,11 @@ pub struct State {
     publisher: Mutex<Publisher>,
     /// When the compiler asked to be run again (a failback hold-down ends).
     recompile_at: watch::Sender<Option<SystemTime>>,
+    /// The geo range table of the last published snapshot (what
+    /// `/api/v1/geo/test` answers from).
+    geo: std::sync::RwLock<crate::geo::VersionedTable>,
+    /// Latency-routing metrics.
+    routing_metrics: crate::geo::metrics::RoutingMetrics,
 }
 
 /// What one compile + publish needs exclusively.
@@ -135,6 +140,11 @@ impl State {
         let compiled = p
             .compiler
             .compile(&cfg, generation, serial, &view, SystemTime::now());
+        *self
+            .geo
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = compiled.geo.clone();
+        self.routing_metrics.compiled(&compiled.latency);
         self.stream.publish(compiled.snapshot);
         self.metrics.compiled(
             &view.inner.inner.healthy_per_region,
@@ -166,6 +176,42 @@ impl State {
         Ok(generation)
     }
 
+    /// The geo range table in force.
+    pub fn geo_table(&self) -> crate::geo::VersionedTable {
+        self.geo
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the runtime geo mappings and publishes, unless they are
+    /// the ones in force.
+    pub async fn set_geo_mappings(&self, rows: Vec<crate::store::GeoMappingRow>) -> Result<()> {
+        {
+            let mut p = self.publisher.lock().await;
+            if *p.compiler.geo_mappings() == rows {
+                return Ok(());
+            }
+            p.compiler.set_geo_mappings(Arc::new(rows));
+        }
+        self.recompile("geo mappings").await.map(drop)
+    }
+
+    /// Reads the GeoIP database again and publishes its table; on error
+    /// (logged) the old table keeps serving.
+    pub async fn reload_geo_db(&self) -> Result<u64> {
+        let cfg = self.config.lock().await.clone();
+        let db = match load_geo_db(&cfg) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::error!(error = %e, "GeoIP database reload failed; keeping the old table");
+                return Err(e);
+            }
+        };
+        self.publisher.lock().await.compiler.set_geo_db(db);
+        self.recompile("geo database").await
+    }
+
     /// Reloads the config file; on success publishes a new snapshot. Servers
     /// it adds are checked once (bounded by their timeout) before they are
     /// served; unchanged checks keep their state.
@@ -183,6 +229,16 @@ impl State {
                 return Err(e.into());
             }
         };
+        // The GeoIP database is read again too; a bad one refuses the
+        // reload (the old config and table keep serving).
+        let geo_db = match load_geo_db(&cfg) {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; keeping the running config");
+                return Err(e);
+            }
+        };
+        self.publisher.lock().await.compiler.set_geo_db(geo_db);
         let added = self.health.add(&cfg);
         self.health.settle(&added).await;
         {
@@ -217,6 +273,23 @@ impl State {
     }
 }
 
+/// Reads `overwatch.geolocation.database_path`, when set.
+pub fn load_geo_db(cfg: &Config) -> Result<Option<Arc<crate::geo::GeoDb>>> {
+    let Some(path) = &cfg.overwatch.geolocation.database_path else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let db = crate::geo::GeoDb::load(path)?;
+    tracing::info!(
+        path = %path.display(),
+        database_type = %db.database_type,
+        networks = db.len(),
+        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "GeoIP database loaded"
+    );
+    Ok(Some(Arc::new(db)))
+}
+
 /// The store URL for `cfg`: `overwatch.store.url`, or SQLite under `data_dir`.
 pub fn store_url(cfg: &Config) -> String {
     match &cfg.overwatch.store.url {
@@ -241,6 +314,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let overrides = Overrides::load(&store).await?;
+    let geo_db = load_geo_db(&cfg)?;
+    let geo_mappings = store.geo_mappings().await?;
     let dnssec = crate::dnssec::Dnssec::open(&store, &cfg).await?;
     let app = api::App::new(api::Access::from_config(&cfg.api)?);
     let metrics = Arc::new(Metrics::new()?);
@@ -283,6 +358,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         versions: Versions::new(last_serial),
         compiler: compile::Compiler::with_dnssec(dnssec.clone()),
     };
+    publisher.compiler.set_geo_db(geo_db);
+    publisher.compiler.set_geo_mappings(Arc::new(geo_mappings));
     let (generation, serial) = publisher.versions.advance();
     store.set_meta("soa_serial", &serial.to_string()).await?;
     let view = WithOverrides::new(health.view(&cfg), overrides.current());
@@ -290,6 +367,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         .compiler
         .compile(&cfg, generation, serial, &view, SystemTime::now());
     metrics.compiled(&view.inner.healthy_per_region, &first.all_down, generation);
+    let routing_metrics = crate::geo::metrics::RoutingMetrics::new(&metrics)?;
+    routing_metrics.compiled(&first.latency);
     metrics.config_loaded(&cfg);
     metrics.overrides_in_force(view.overrides.keys().map(|k| k.service.as_str()));
     tracing::info!(
@@ -311,8 +390,12 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         overwatch,
         publisher: Mutex::new(publisher),
         recompile_at: watch::Sender::new(first.recompile_at),
+        geo: std::sync::RwLock::new(first.geo),
+        routing_metrics,
     });
     let recompiler = tokio::spawn(recompile_loop(state.clone()));
+    let key_sync = tokio::spawn(crate::dnssec::sync::run(state.clone()));
+    let geo_watch = tokio::spawn(crate::geo::watch_database(state.clone()));
     crate::overwatch::start(state.clone()).await?;
     app.set_state(state.clone()).await?;
     let follower = (state.store.engine() == "postgres")
@@ -341,6 +424,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         message: e.to_string(),
     });
     recompiler.abort();
+    key_sync.abort();
+    geo_watch.abort();
     for task in [api_server, follower].into_iter().flatten() {
         task.abort();
     }
@@ -357,6 +442,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
 #[cfg(test)]
 pub(crate) async fn test_state(config_path: PathBuf, cfg: Config, store: Store) -> Arc<State> {
     let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let routing_metrics = crate::geo::metrics::RoutingMetrics::new(&metrics).expect("metrics");
     let health = Health::new(metrics.clone()).expect("health");
     let overwatch = crate::overwatch::Overwatch::new(&metrics).expect("overwatch");
     let overrides = Overrides::load(&store).await.expect("overrides");
@@ -381,6 +467,8 @@ pub(crate) async fn test_state(config_path: PathBuf, cfg: Config, store: Store) 
         overwatch,
         publisher: Mutex::new(publisher),
         recompile_at: watch::Sender::new(None),
+        geo: std::sync::RwLock::new(first.geo),
+        routing_metrics,
     })
 }
 

@@ -204,6 +204,15 @@ impl Store {
         Ok(store)
     }
 
+    /// Closes the pool: every later call fails with a store error (what an
+    /// unreachable database looks like; used by tests).
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn engine(&self) -> &'static str {
         match self.db {
@@ -492,6 +501,23 @@ impl Store {
             })
             .collect())
         })
+    }
+
+    /// Retires every active key of `zone` and stores `rows` as its active
+    /// keys (DNSSEC key sync adopting a peer's newer keys).
+    pub async fn replace_dnssec_keys(&self, zone: &str, rows: &[DnssecKeyRow]) -> Result<()> {
+        const SQL: &str =
+            "UPDATE dnssec_keys SET state = 'retired' WHERE zone = $1 AND state = 'active'";
+        with_db!(&self.db, pool => sqlx::query(SQL)
+            .bind(zone)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .map_err(store_err))?;
+        for r in rows {
+            self.insert_dnssec_key(r).await?;
+        }
+        Ok(())
     }
 
     /// Stores a new active DNSSEC key.

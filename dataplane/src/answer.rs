@@ -255,9 +255,7 @@ pub fn answer(
         (Some(_), Some(c)) => OPT_LEN + c.len(),
     };
     // ECS is echoed (scope 0 unless a geolocation answer narrows it).
-    let ecs = edns
-        .and_then(|e| e.ecs)
-        .filter(|_| snapshot.ecs_enabled());
+    let ecs = edns.and_then(|e| e.ecs).filter(|_| snapshot.ecs_enabled());
     let opt_room = opt_room + ecs.map_or(0, |e| e.reply_len());
     if ecs.is_some() {
         r.ecs_scope = Some(0);

@@ -267,7 +267,11 @@ async fn stream_once(
         }
         drop(full);
         base = Some(encoded);
-        // The decoded message is gone: give its pages back now.
-        crate::memory::release_freed();
+        // The decoded message is gone: give its pages back now (a big one
+        // only; small updates, which may come 100 times a second, leave
+        // little behind and the allocator purges freed pages itself).
+        if base.as_ref().is_some_and(|b| b.len() >= 1 << 20) {
+            crate::memory::release_freed();
+        }
     }
 }

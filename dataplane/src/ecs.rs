@@ -102,11 +102,15 @@ impl ClientSubnet {
 pub fn truncate(ip: IpAddr, bits: u8) -> IpAddr {
     match ip {
         IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits.min(32))).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(bits.min(32)))
+                .unwrap_or(0);
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
         }
         IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits.min(128))).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(bits.min(128)))
+                .unwrap_or(0);
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
         }
     }
@@ -135,14 +139,14 @@ mod tests {
     #[test]
     fn malformed_options() {
         for bad in [
-            &[0u8, 1, 24][..],              // short
-            &[0, 3, 24, 0, 1, 2, 3],        // unknown family
-            &[0, 1, 33, 0, 1, 2, 3, 4, 5],  // prefix too long
-            &[0, 2, 129, 0],                // prefix too long (v6)
-            &[0, 1, 24, 0, 192, 0, 2, 1],   // address longer than the prefix
-            &[0, 1, 24, 0, 192, 0],         // address shorter
-            &[0, 1, 20, 0, 10, 1, 0xF8],    // bits past the prefix
-            &[0, 1, 0, 0, 0],               // prefix 0 with an address octet
+            &[0u8, 1, 24][..],             // short
+            &[0, 3, 24, 0, 1, 2, 3],       // unknown family
+            &[0, 1, 33, 0, 1, 2, 3, 4, 5], // prefix too long
+            &[0, 2, 129, 0],               // prefix too long (v6)
+            &[0, 1, 24, 0, 192, 0, 2, 1],  // address longer than the prefix
+            &[0, 1, 24, 0, 192, 0],        // address shorter
+            &[0, 1, 20, 0, 10, 1, 0xF8],   // bits past the prefix
+            &[0, 1, 0, 0, 0],              // prefix 0 with an address octet
         ] {
             assert_eq!(ClientSubnet::parse(bad), None, "{bad:?}");
         }

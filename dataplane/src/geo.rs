@@ -116,7 +116,10 @@ impl Bits for u32 {
         Some(Self::from_be_bytes(b.try_into().ok()?))
     }
     fn low_mask(n: u32) -> Self {
-        Self::MAX.checked_shr(32 - n.min(32)).filter(|_| n > 0).unwrap_or(0)
+        Self::MAX
+            .checked_shr(32 - n.min(32))
+            .filter(|_| n > 0)
+            .unwrap_or(0)
     }
     fn or(self, o: Self) -> Self {
         self | o
@@ -138,7 +141,10 @@ impl Bits for u128 {
         Some(Self::from_be_bytes(b.try_into().ok()?))
     }
     fn low_mask(n: u32) -> Self {
-        Self::MAX.checked_shr(128 - n.min(128)).filter(|_| n > 0).unwrap_or(0)
+        Self::MAX
+            .checked_shr(128 - n.min(128))
+            .filter(|_| n > 0)
+            .unwrap_or(0)
     }
     fn or(self, o: Self) -> Self {
         self | o
@@ -310,7 +316,12 @@ impl GeoPlan {
         let mut by_region = vec![u16::MAX; regions];
         let mut any = None;
         let mut reason = Vec::with_capacity(p.candidates.len());
-        for (i, c) in p.candidates.iter().filter(|c| c.rrset.is_some()).enumerate() {
+        for (i, c) in p
+            .candidates
+            .iter()
+            .filter(|c| c.rrset.is_some())
+            .enumerate()
+        {
             let i = u16::try_from(i).map_err(|_| InvalidSnapshot::BadGeo {
                 reason: "too many geo candidates",
             })?;
@@ -406,7 +417,13 @@ impl GeoCounters {
 
     /// Counts one answer for a client of `region` (`None`: unplaced).
     #[inline]
-    pub(crate) fn decided(&self, stripe: usize, region: Option<u32>, custom: bool, reason: Option<usize>) {
+    pub(crate) fn decided(
+        &self,
+        stripe: usize,
+        region: Option<u32>,
+        custom: bool,
+        reason: Option<usize>,
+    ) {
         let r = self.regions.len();
         let cell = region.map_or(r, |x| (x as usize).min(r));
         self.add(stripe, cell);
@@ -474,7 +491,10 @@ pub(crate) fn attach_plans(
                     let i = u32::try_from(counters.len()).map_err(|_| InvalidSnapshot::BadGeo {
                         reason: "too many geolocation names",
                     })?;
-                    counters.push(std::sync::Arc::new(GeoCounters::new(domain.into(), regions)));
+                    counters.push(std::sync::Arc::new(GeoCounters::new(
+                        domain.into(),
+                        regions,
+                    )));
                     mine = Some(i);
                     i
                 }
@@ -497,6 +517,45 @@ pub(crate) fn adopt(
             .find(|o| o.domain == c.domain && o.regions == c.regions)
         {
             *c = o.clone();
+        }
+    }
+}
+
+/// Appends the geo counters in Prometheus text format.
+pub fn render_metrics(out: &mut String, counters: &[std::sync::Arc<GeoCounters>]) {
+    use std::fmt::Write as _;
+    // Names are letters, digits, '-', '_' and '\DDD' escapes; regions are
+    // config names.
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let families: [(&str, &str, &str); 3] = [
+        (
+            "opengslb_routing_geo_decisions_total",
+            "Geolocation answers by the client's region (none: no range and no default region).",
+            "region",
+        ),
+        (
+            "opengslb_routing_geo_custom_hits_total",
+            "Geolocation answers whose client matched a custom mapping (config or runtime).",
+            "region",
+        ),
+        (
+            "opengslb_routing_geo_fallback_total",
+            "Geolocation answers not from the client's own region, by reason.",
+            "reason",
+        ),
+    ];
+    for (i, (name, help, label)) in families.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for c in counters {
+            let domain = esc(c.domain());
+            let rows: Vec<(String, u64)> = match i {
+                0 => c.decisions().map(|(r, n)| (esc(r), n)).collect(),
+                1 => c.custom_hits().map(|(r, n)| (esc(r), n)).collect(),
+                _ => c.fallbacks().map(|(r, n)| (r.to_owned(), n)).collect(),
+            };
+            for (value, n) in rows {
+                let _ = writeln!(out, "{name}{{domain=\"{domain}\",{label}=\"{value}\"}} {n}");
+            }
         }
     }
 }

@@ -42,6 +42,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    opengslb_dataplane::memory::configure();
     let args = Args::parse();
     let mut settings = match &args.config {
         Some(path) => match DataplaneSettings::load(path) {

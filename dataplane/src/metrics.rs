@@ -61,12 +61,23 @@ const QT_NONE: usize = 15;
 /// Upper bounds (seconds) of `opengslb_dns_query_duration_seconds`; one
 /// more bucket counts the rest (+Inf).
 pub const DURATION_BUCKETS: [f64; 13] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.025, 0.05, 0.1,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1,
 ];
 const DURATION_BUCKETS_NS: [u64; 13] = [
-    10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
-    10_000_000, 25_000_000, 50_000_000, 100_000_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
 ];
 
 /// Index into [`QTYPES`] of a reply's question type (no allocation: walks
@@ -208,8 +219,7 @@ impl WorkerCounters {
             .position(|&b| ns <= b)
             .unwrap_or(DURATION_BUCKETS_NS.len());
         self.duration[bucket].fetch_add(n, Relaxed);
-        self.duration_ns
-            .fetch_add(ns.saturating_mul(n), Relaxed);
+        self.duration_ns.fetch_add(ns.saturating_mul(n), Relaxed);
     }
 
     /// Records one reply (`reply` is the encoded message).
@@ -453,6 +463,9 @@ impl Metrics {
                     "opengslb_routing_decisions_total{{domain=\"{domain}\",algorithm=\"{algorithm}\"}} {n}"
                 );
             }
+        }
+        if let Some(snapshot) = handle.map(SnapshotHandle::load_full) {
+            crate::geo::render_metrics(&mut out, snapshot.geo_counters());
         }
         out
     }

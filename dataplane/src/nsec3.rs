@@ -175,7 +175,10 @@ pub(crate) fn compile_param(c: &proto::Nsec3Chain) -> Result<Option<RRset>, Inva
 }
 
 /// `*.` + `encloser` into `buf`; the slice written, `None` when too long.
-pub(crate) fn wildcard<'b>(encloser: &[u8], buf: &'b mut [u8; wire::MAX_NAME_LEN]) -> Option<&'b [u8]> {
+pub(crate) fn wildcard<'b>(
+    encloser: &[u8],
+    buf: &'b mut [u8; wire::MAX_NAME_LEN],
+) -> Option<&'b [u8]> {
     let len = encloser.len() + 2;
     if len > wire::MAX_NAME_LEN {
         return None;

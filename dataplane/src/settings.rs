@@ -210,14 +210,20 @@ impl DataplaneSettings {
         let workers = self.worker_count();
         vec![
             ("tcp_max_connections", n(self.tcp.max_connections)),
-            ("tcp_max_connections_per_worker", n(self.tcp.per_worker_cap())),
+            (
+                "tcp_max_connections_per_worker",
+                n(self.tcp.per_worker_cap()),
+            ),
             ("tcp_workers", n(workers * self.listen_addresses.len())),
             ("tcp_idle_timeout_ms", self.tcp.idle_timeout_ms),
             ("tcp_io_timeout_ms", self.tcp.io_timeout_ms),
             ("tcp_max_output_bytes", n(self.tcp.max_output_bytes)),
             ("tcp_one_shot_percent", u64::from(self.tcp.one_shot_percent)),
             ("rrl_enabled", u64::from(self.rrl.enabled)),
-            ("rrl_responses_per_second", u64::from(self.rrl.responses_per_second)),
+            (
+                "rrl_responses_per_second",
+                u64::from(self.rrl.responses_per_second),
+            ),
             ("rrl_ipv4_prefix", u64::from(self.rrl.ipv4_prefix)),
             ("rrl_ipv6_prefix", u64::from(self.rrl.ipv6_prefix)),
             ("rrl_slip", u64::from(self.rrl.slip)),

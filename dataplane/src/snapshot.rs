@@ -694,7 +694,8 @@ fn encode_records(t: u16, ttl: u32, rdatas: &[Vec<u8>]) -> Result<Records, Inval
         return Ok(Records::default());
     }
     let total: usize = rdatas.iter().map(|r| r.len() + 10).sum();
-    let n = u32::try_from(rdatas.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: total })?;
+    let n =
+        u32::try_from(rdatas.len()).map_err(|_| InvalidSnapshot::RdataTooLong { len: total })?;
     let mut bytes = Vec::with_capacity(4 + 4 * rdatas.len() + total);
     bytes.extend_from_slice(&n.to_ne_bytes());
     bytes.resize(4 + 4 * rdatas.len(), 0);
@@ -785,7 +786,12 @@ fn compile_node(
                 rrsets.push(compile_rrset(t, r)?);
             }
         }
-        if let Some(param) = z.nsec3.as_ref().map(crate::nsec3::compile_param).transpose()? {
+        if let Some(param) = z
+            .nsec3
+            .as_ref()
+            .map(crate::nsec3::compile_param)
+            .transpose()?
+        {
             rrsets.extend(param);
         }
     }

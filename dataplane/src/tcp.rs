@@ -357,7 +357,11 @@ async fn write(stream: &mut TcpStream, bytes: &[u8], settings: TcpSettings) -> R
 /// Milliseconds on a process-wide clock, never 0.
 fn clock_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 // === impl Slots ===
@@ -399,9 +403,8 @@ impl Slots {
         }
         self.worker.fetch_add(1, Relaxed);
         metrics.tcp_open.fetch_add(1, Relaxed);
-        let one_shot = full
-            || total >= settings.one_shot_at(cap)
-            || here >= settings.one_shot_at(per_worker);
+        let one_shot =
+            full || total >= settings.one_shot_at(cap) || here >= settings.one_shot_at(per_worker);
         let conn = Arc::new(Conn::default());
         self.conns.push(conn.clone());
         Some((
@@ -498,7 +501,9 @@ mod tests {
         }
         let extra = b.take(&s, &metrics);
         assert!(extra.is_some());
-        let evicted: Vec<usize> = (0..10).filter(|&i| held[i].1.evicted.load(Relaxed)).collect();
+        let evicted: Vec<usize> = (0..10)
+            .filter(|&i| held[i].1.evicted.load(Relaxed))
+            .collect();
         assert_eq!(evicted.len(), 1);
         assert_eq!(evicted[0] % 2, 1, "one of b's connections");
         drop(held);

@@ -236,8 +236,64 @@ fn fixture() -> proto::Snapshot {
                 vec![],
                 vec![round_robin(28, 300, (1..=40).map(v6).collect())],
             ),
+            node("geo.gslb.test.", vec![], vec![geo_plan()]),
         ],
+        geo: Some(geo_table()),
+        options: Some(proto::ServeOptions {
+            edns_udp_size: 1232,
+            ecs_enabled: true,
+        }),
         ..Default::default()
+    }
+}
+
+/// Regions a(0) and b(1): 192.0.2.0/24 is a, 198.51.100.0/22 is b, plus
+/// 1,000 other ranges so the binary search has depth; 2001:db8::/32 is b.
+fn geo_table() -> proto::GeoTable {
+    let range = |start: Vec<u8>, prefix_len, region| proto::GeoRange {
+        start,
+        prefix_len,
+        region,
+        custom: false,
+    };
+    let mut v4: Vec<proto::GeoRange> = (0..1000u32)
+        .map(|i| range(((20 << 24) | (i << 8)).to_be_bytes().to_vec(), 24, i % 2))
+        .collect();
+    v4.push(range(vec![192, 0, 2, 0], 24, 0));
+    v4.push(range(vec![198, 51, 100, 0], 22, 1));
+    proto::GeoTable {
+        generation: 1,
+        regions: vec!["a".into(), "b".into()],
+        v4,
+        v6: vec![range(
+            v6(0)[..4].iter().copied().chain([0; 12]).collect(),
+            32,
+            1,
+        )],
+        default_region: None,
+    }
+}
+
+/// Geolocation: a → .61, b → .62 .63, anyone else → all three.
+fn geo_plan() -> proto::AnswerPlan {
+    let cand = |region, lasts: &[u8]| proto::Candidate {
+        rrset: Some(rrset(1, 30, lasts.iter().map(|&l| v4(l)).collect())),
+        weight: 1,
+        region,
+        geo_fallback: 0,
+    };
+    proto::AnswerPlan {
+        rtype: 1,
+        policy: proto::Policy::Geolocation as i32,
+        max_answers: 0,
+        candidates: vec![
+            cand(u32::MAX, &[61, 62, 63]),
+            cand(0, &[61]),
+            cand(1, &[62, 63]),
+        ],
+        when_all_down: proto::WhenAllDown::Servfail as i32,
+        ecs_max_prefix_v4: 24,
+        ecs_max_prefix_v6: 56,
     }
 }
 
@@ -321,7 +377,10 @@ const fn expect(rcode: ResponseCode, answers: usize, tc: bool, edns: bool) -> Ex
 /// Answers `query` [`ROUNDS`] times over `transport` and asserts that no
 /// allocator call happened on this thread meanwhile.
 fn assert_no_alloc(kind: &str, query: &[u8], transport: Transport, want: Expect) {
-    let handle = SnapshotHandle::new(Snapshot::try_from(&with_nsec3_zone(fixture())).unwrap(), false);
+    let handle = SnapshotHandle::new(
+        Snapshot::try_from(&with_nsec3_zone(fixture())).unwrap(),
+        false,
+    );
     let mut cache = handle.cache();
     let mut state = WorkerState::new();
     // Cookies on, as in production.
@@ -600,6 +659,29 @@ fn cookie_with_server_cookie() {
 }
 
 #[test]
+fn geo_by_source_address() {
+    // The worker's client is 192.0.2.1: region a.
+    let q = bytes(&query("geo.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 1, false, false);
+    assert_no_alloc("geolocation by source address", &q, Transport::Udp, want);
+}
+
+#[test]
+fn geo_with_ecs() {
+    // ECS 198.51.100.0/24: region b, scope 22 in the echoed option.
+    let q = with_ecs(query("geo.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 2, false, true);
+    assert_no_alloc("geolocation + EDNS Client Subnet", &q, Transport::Udp, want);
+}
+
+#[test]
+fn geo_with_ecs_over_tcp() {
+    let q = with_ecs(query("geo.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 2, false, true);
+    assert_no_alloc("geolocation + ECS over TCP", &q, Transport::Tcp, want);
+}
+
+#[test]
 fn ecs() {
     let q = with_ecs(query("www.gslb.test.", RecordType::A));
     let want = expect(ResponseCode::NoError, 4, false, true);
@@ -633,7 +715,13 @@ fn random_subdomain_flood_nxdomain() {
             bytes(&query(&format!("{label}.gslb.test."), RecordType::A))
         })
         .collect();
-    let _ = answer(cache.load(), &queries[0], Transport::Udp, &mut state, &mut out);
+    let _ = answer(
+        cache.load(),
+        &queries[0],
+        Transport::Udp,
+        &mut state,
+        &mut out,
+    );
     let before = calls();
     let mut nx = 0usize;
     for q in &queries {

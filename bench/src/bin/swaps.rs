@@ -24,8 +24,10 @@
 //! printed, not enforced, because the machine's noise is larger than that.
 //!
 //! Usage: `cargo run --release -p opengslb-bench --bin swaps -- [--secs N]
-//! [--reps N] [--rate QPS] [--per-sec N] [--queries FILE]`. Needs dnsperf and
-//! taskset; everything runs on 127.0.0.1 and stops by itself.
+//! [--reps N] [--rate QPS] [--per-sec N] [--queries FILE]` (builds the
+//! release binaries first; `OPENGSLB_BIN=DIR` measures those in DIR
+//! instead). Needs dnsperf and taskset; everything runs on 127.0.0.1 and
+//! stops by itself.
 
 use std::{
     collections::BTreeSet,
@@ -119,8 +121,7 @@ fn parse_args() -> Result<Opts> {
         reps: 3,
         rate: None,
         per_sec: 100,
-        queries: Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/bench/queries/small.txt"),
+        queries: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/queries/small.txt"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -131,7 +132,9 @@ fn parse_args() -> Result<Opts> {
             "--rate" => o.rate = Some(val()?.parse()?),
             "--per-sec" => o.per_sec = val()?.parse()?,
             "--queries" => o.queries = val()?.into(),
-            _ => bail!("usage: swaps [--secs N] [--reps N] [--rate QPS] [--per-sec N] [--queries FILE]"),
+            _ => bail!(
+                "usage: swaps [--secs N] [--reps N] [--rate QPS] [--per-sec N] [--queries FILE]"
+            ),
         }
     }
     if o.per_sec == 0 || o.secs == 0 || o.reps == 0 {
@@ -145,6 +148,9 @@ fn parse_args() -> Result<Opts> {
 
 /// Builds (when possible) and locates the release binaries next to this one.
 fn binaries() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("OPENGSLB_BIN") {
+        return Ok(dir.into());
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let mut cmd = Command::new(env!("CARGO"));
@@ -252,7 +258,7 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("cp.log"))?)
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(dir.join("cp.err"))?)
         .spawn()
         .context("starting the controlplane")?;
     let cp_pid = cp.id();
@@ -274,7 +280,7 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
         .args(["--log-level", "warn"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("dp.log"))?)
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(dir.join("dp.err"))?)
         .spawn()
         .context("starting the dataplane (taskset)")?;
     let dp_pid = dp.id();
@@ -377,11 +383,7 @@ fn measure(
 ) -> Result<Sample> {
     let stop = Arc::new(AtomicBool::new(false));
     let serials = Arc::new(Mutex::new(BTreeSet::new()));
-    let counts = Arc::new([
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-    ]);
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let checker = {
         let (stop, serials, counts) = (stop.clone(), serials.clone(), counts.clone());
         std::thread::spawn(move || checker(server, &stop, &serials, &counts))
@@ -601,7 +603,12 @@ fn judge(m: &[u8], kind: Kind) -> Checked {
             let serial = match records.as_slice() {
                 [(6, rd)] if rd.len() >= 22 => {
                     let at = rd.len() - 20;
-                    Some(u32::from_be_bytes([rd[at], rd[at + 1], rd[at + 2], rd[at + 3]]))
+                    Some(u32::from_be_bytes([
+                        rd[at],
+                        rd[at + 1],
+                        rd[at + 2],
+                        rd[at + 3],
+                    ]))
                 }
                 _ => None,
             };

@@ -109,19 +109,26 @@ fn legitimate_clients_answered_while_twice_the_cap_of_slow_connections_attack() 
             .unwrap_or(0.0);
     assert!(cut >= CAP as f64, "slow connections were cut: {cut}");
     assert!(open_during <= (2 * CAP) as f64, "open: {open_during}");
-    assert_eq!(g.dp_metric("opengslb_limit{limit=\"tcp_max_connections\"}"), Some(16.0));
+    assert_eq!(
+        g.dp_metric("opengslb_limit{limit=\"tcp_max_connections\"}"),
+        Some(16.0)
+    );
 }
 
 #[test]
 fn slow_sender_is_cut_after_the_io_timeout_not_the_idle_timeout() {
     let g = Gslb::start();
     let mut s = TcpStream::connect(g.dns).unwrap();
-    s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let start = Instant::now();
     // Announce 100 octets, then one octet every 100 ms: each read is well
     // within 500 ms, the message is not.
     let mut closed_after = None;
-    for b in [0u8, 100].into_iter().chain(std::iter::repeat(0x41).take(100)) {
+    for b in [0u8, 100]
+        .into_iter()
+        .chain(std::iter::repeat(0x41).take(100))
+    {
         if s.write_all(&[b]).is_err() {
             closed_after = Some(start.elapsed());
             break;
@@ -140,7 +147,8 @@ fn slow_sender_is_cut_after_the_io_timeout_not_the_idle_timeout() {
 fn pipelining_client_that_never_reads_is_closed() {
     let g = Gslb::start();
     let mut s = TcpStream::connect(g.dns).unwrap();
-    s.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
+    s.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let b = query("big.gslb.test.", RecordType::AAAA).to_vec().unwrap();
     let mut framed = (b.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(&b);
@@ -155,7 +163,10 @@ fn pipelining_client_that_never_reads_is_closed() {
             Err(_) => break,
         }
     }
-    assert!(start.elapsed() < Duration::from_secs(10), "the server kept reading");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the server kept reading"
+    );
     // The server's write times out (500 ms) and the connection closes.
     std::thread::sleep(Duration::from_millis(1200));
     assert!(g.dp_metric("opengslb_tcp_io_timeouts_total").unwrap() >= 1.0);
@@ -173,7 +184,10 @@ fn pipelining_client_that_never_reads_is_closed() {
     };
     assert!(ended, "connection closed");
     // Others are still answered.
-    assert_eq!(g.tcp(&query("www.gslb.test.", RecordType::A)).answers.len(), 3);
+    assert_eq!(
+        g.tcp(&query("www.gslb.test.", RecordType::A)).answers.len(),
+        3
+    );
     let _ = sent;
 }
 
@@ -181,7 +195,9 @@ fn pipelining_client_that_never_reads_is_closed() {
 fn near_the_cap_a_new_connection_gets_one_query() {
     let g = Gslb::start();
     // 90 % of 16, rounded up: 15 connections held open and idle.
-    let held: Vec<TcpStream> = (0..15).map(|_| TcpStream::connect(g.dns).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..15)
+        .map(|_| TcpStream::connect(g.dns).unwrap())
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(g.dp_metric("opengslb_tcp_connections_open"), Some(15.0));
     let mut s = TcpStream::connect(g.dns).unwrap();
@@ -248,7 +264,10 @@ fn rrl_limits_udp_and_a_valid_cookie_exempts() {
             "  rrl: {exempt: [], responses_per_second: 5, slip: 2}\n  cookies: {secret_file: cookie.secret}\n  tcp: {idle_timeout",
         )
     });
-    assert_eq!(g.dp_metric("opengslb_limit{limit=\"rrl_responses_per_second\"}"), Some(5.0));
+    assert_eq!(
+        g.dp_metric("opengslb_limit{limit=\"rrl_responses_per_second\"}"),
+        Some(5.0)
+    );
     // A query with only a client cookie gets a server cookie back.
     let client = [0x5a_u8; 8];
     let first = g
@@ -267,7 +286,8 @@ fn rrl_limits_udp_and_a_valid_cookie_exempts() {
     // 60 cookieless queries at once from 127.0.0.1: about 5 answered in full,
     // then every 2nd limited one slips (TC=1, no answer), the rest dropped.
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     for id in 0..60u16 {
         sock.send_to(&raw_query(100 + id, "www.gslb.test", None), g.dns)
             .unwrap();
@@ -288,8 +308,11 @@ fn rrl_limits_udp_and_a_valid_cookie_exempts() {
     // Still limited, but a valid cookie is exempt: all 20 answered in full.
     let mut answered = 0;
     for id in 0..20u16 {
-        sock.send_to(&raw_query(200 + id, "www.gslb.test", Some(&with_cookie)), g.dns)
-            .unwrap();
+        sock.send_to(
+            &raw_query(200 + id, "www.gslb.test", Some(&with_cookie)),
+            g.dns,
+        )
+        .unwrap();
         if let Ok(n) = sock.recv(&mut buf) {
             answered += usize::from(u16::from_be_bytes([buf[6], buf[7]]) > 0 && n > 12);
         }

@@ -41,7 +41,11 @@ fn anchors(g: &Gslb) -> PathBuf {
                 break b;
             }
         }
-        assert!(Instant::now() < deadline, "no DS from the API:\n{}", g.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no DS from the API:\n{}",
+            g.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut file = String::from("trust-anchors {\n");
@@ -186,7 +190,9 @@ fn whole_system(denial: &str) {
     wait_for(&g, "hc up", || a_of(&g, "hc.gslb.test.") == ["127.0.0.1"]);
     validated(&g, &a, "hc.gslb.test", "A", "127.0.0.1");
     drop(la);
-    wait_for(&g, "failover", || a_of(&g, "hc.gslb.test.") == ["127.0.0.2"]);
+    wait_for(&g, "failover", || {
+        a_of(&g, "hc.gslb.test.") == ["127.0.0.2"]
+    });
     validated(&g, &a, "hc.gslb.test", "A", "127.0.0.2");
 
     // Override: the failover name's first server forced down.
@@ -199,7 +205,9 @@ fn whole_system(denial: &str) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{o:?}");
-    wait_for(&g, "override", || a_of(&g, "fo.gslb.test.") == ["192.0.2.2"]);
+    wait_for(&g, "override", || {
+        a_of(&g, "fo.gslb.test.") == ["192.0.2.2"]
+    });
     validated(&g, &a, "fo.gslb.test", "A", "192.0.2.2");
 
     // Reload: a new record appears, signed; a removed one is denied.

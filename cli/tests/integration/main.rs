@@ -7,10 +7,14 @@
 mod harness;
 
 mod abuse;
+mod agent;
 mod api;
 mod authoritative;
 mod delv;
 mod dnssec;
+mod geo;
 mod health;
+mod key_sync;
 mod lifecycle;
+mod operate;
 mod policies;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, App, Caller};
 use crate::{
     config::{self, Config, DnsName, HealthCheckType},
+    geo::{RangeSource, RangeTable},
     overrides::{OverrideKey, WithOverrides},
     server::State,
     store::{GeoMappingRow, OverrideRow},
@@ -244,7 +245,7 @@ pub struct GeoAnswer {
     pub ip: String,
     /// Region, empty when none applies.
     pub region: String,
-    /// `runtime_mapping`, `custom_mapping`, `default_region` or `none`.
+    /// `runtime_mapping`, `custom_mapping`, `geoip`, `default_region` or `none`.
     pub source: &'static str,
     /// The matching network, for mappings.
     pub cidr: Option<String>,
@@ -543,7 +544,11 @@ pub fn backends_of(state: &State, cfg: &Config, filter: &BackendFilter) -> Vec<B
                             healthy
                         },
                         d.decision.authority.label(),
-                        if d.reason.is_empty() { reason } else { d.reason.clone() },
+                        if d.reason.is_empty() {
+                            reason
+                        } else {
+                            d.reason.clone()
+                        },
                     ),
                 };
                 let effective = match (authority, healthy) {
@@ -697,8 +702,9 @@ pub fn validate(text: &str) -> Validation {
     }
 }
 
-/// The region of `ip`: runtime mappings, then the config's custom mappings
-/// (longest prefix each), then `default_region`.
+/// The region of `ip`, from the geo range table of the snapshot in force
+/// (the one the dataplanes answer from): custom mappings (runtime or
+/// config, longest prefix), then the GeoIP database, then `default_region`.
 pub async fn geo_lookup(app: &App, ip: &str) -> Result<GeoAnswer, ApiError> {
     let state = app.state()?;
     let addr: IpAddr = ip.trim().parse().map_err(|_| {
@@ -707,49 +713,32 @@ pub async fn geo_lookup(app: &App, ip: &str) -> Result<GeoAnswer, ApiError> {
             truncate(ip)
         ))
     })?;
-    let cfg = state.config.lock().await.clone();
-    let runtime = app.geo_mappings();
-    let best_runtime = runtime
-        .iter()
-        .filter_map(|m| m.cidr.parse::<IpNet>().ok().map(|n| (n, m)))
-        .filter(|(n, _)| n.contains(&addr))
-        .max_by_key(|(n, _)| n.prefix_len());
-    if let Some((net, m)) = best_runtime {
-        return Ok(GeoAnswer {
-            ip: addr.to_string(),
-            region: m.region.clone(),
-            source: "runtime_mapping",
-            cidr: Some(net.to_string()),
-        });
-    }
-    let best_config = cfg
-        .overwatch
-        .geolocation
-        .custom_mappings
-        .iter()
-        .filter(|m| m.cidr.contains(&addr))
-        .max_by_key(|m| m.cidr.prefix_len());
-    if let Some(m) = best_config {
-        return Ok(GeoAnswer {
-            ip: addr.to_string(),
-            region: m.region.clone(),
-            source: "custom_mapping",
-            cidr: Some(m.cidr.trunc().to_string()),
-        });
-    }
-    Ok(match &cfg.overwatch.geolocation.default_region {
-        Some(r) => GeoAnswer {
-            ip: addr.to_string(),
-            region: r.clone(),
-            source: "default_region",
-            cidr: None,
-        },
-        None => GeoAnswer {
-            ip: addr.to_string(),
-            region: String::new(),
-            source: "none",
-            cidr: None,
-        },
+    let geo = state.geo_table();
+    let t = &geo.table;
+    let m = t.lookup(addr);
+    let region = m
+        .region
+        .and_then(|r| t.regions.get(r as usize).cloned())
+        .unwrap_or_default();
+    let (source, cidr) = match m.range {
+        Some(r) => {
+            let v4 = matches!(addr, IpAddr::V4(_))
+                || matches!(addr, IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
+            let source = match r.source {
+                RangeSource::Runtime => "runtime_mapping",
+                RangeSource::Config => "custom_mapping",
+                RangeSource::Database => "geoip",
+            };
+            (source, Some(RangeTable::network(&r, v4).to_string()))
+        }
+        None if m.region.is_some() => ("default_region", None),
+        None => ("none", None),
+    };
+    Ok(GeoAnswer {
+        ip: addr.to_string(),
+        region,
+        source,
+        cidr,
     })
 }
 
@@ -1089,6 +1078,28 @@ pub struct DsRecords {
     pub zone: String,
     /// One full DS line per secure-entry-point key, ready for the registrar.
     pub ds: Vec<String>,
+}
+
+/// `POST /api/v1/dnssec/keys/export`: every zone's keys with private
+/// parts, for a peer controlplane's key sync (change-level token; audited).
+pub async fn dnssec_export(
+    app: &App,
+    caller: &Caller,
+) -> Result<crate::dnssec::sync::KeyExport, ApiError> {
+    let state = app.state()?;
+    if !state.dnssec.enabled() {
+        return Err(ApiError::NotFound("DNSSEC is off".into()));
+    }
+    let export = state.dnssec.export();
+    let zones: Vec<&str> = export.zones.iter().map(|z| z.zone.as_str()).collect();
+    audit_change(
+        &state,
+        caller,
+        "dnssec.keys.export",
+        &serde_json::json!({"zones": zones}),
+    )
+    .await;
+    Ok(export)
 }
 
 /// The DS records of `zone`.

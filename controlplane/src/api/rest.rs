@@ -85,6 +85,11 @@ pub fn routes() -> Vec<Route> {
         (Method::GET, "/api/v1/audit", get(audit)),
         (Method::GET, "/api/v1/dnssec/ds", get(dnssec_ds)),
         (Method::GET, "/api/v1/dnssec/status", get(dnssec_status)),
+        (
+            Method::POST,
+            "/api/v1/dnssec/keys/export",
+            post(dnssec_export),
+        ),
         (Method::GET, "/api/v1/overwatch/agents", get(list_agents)),
         (
             Method::DELETE,
@@ -303,19 +308,10 @@ async fn revoke_agent(
 ) -> Reply {
     let Path(id) = path.map_err(path_rejection)?;
     let state = app.state()?;
-    if !crate::overwatch::revoke(&state, &id).await? {
-        return Err(ApiError::NotFound("no such agent".into()));
-    }
-    let generation = state.recompile("agent.revoke").await.unwrap_or(0);
-    let detail = json!({"agent_id": id, "generation": generation});
-    if let Err(e) = state
-        .store
-        .audit(&caller.who, &caller.from.to_string(), "agent.revoke", &detail.to_string())
-        .await
-    {
-        tracing::error!(error = %e, "audit record not written");
-    }
-    tracing::warn!(agent_id = %id, who = %caller.who, from = %caller.from, "agent revoked");
+    let generation =
+        crate::overwatch::revoke_and_publish(&state, &id, &caller.who, &caller.from.to_string())
+            .await?
+            .ok_or_else(|| ApiError::NotFound("no such agent".into()))?;
     Ok(Json(json!({"agent_id": id, "revoked": true, "generation": generation})).into_response())
 }
 
@@ -353,6 +349,10 @@ async fn dnssec_ds(State(app): State<App>, q: Result<Query<ZoneQuery>, QueryReje
 
 async fn dnssec_status(State(app): State<App>) -> Reply {
     Ok(Json(ops::dnssec_status(&app).await?).into_response())
+}
+
+async fn dnssec_export(State(app): State<App>, Extension(caller): Extension<Caller>) -> Reply {
+    Ok(Json(ops::dnssec_export(&app, &caller).await?).into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -657,3 +657,70 @@ async fn validate_and_reload() {
         "nothing changed"
     );
 }
+
+#[tokio::test]
+async fn a_failed_store_refuses_changes_with_503_and_keeps_serving() {
+    let s = setup().await;
+    let before = s.state.stream.current().generation;
+    s.state.store.close().await;
+    let path = "/api/v1/overrides/www.gslb.test/192.0.2.1";
+    let (st, v) = call(
+        &s.router,
+        Method::PUT,
+        path,
+        Some(TOKEN),
+        r#"{"healthy": false, "source": "x"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_error(&v, st);
+    assert!(v["error"].as_str().unwrap().contains("store"), "{v}");
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/geo/mappings",
+        Some(TOKEN),
+        r#"{"cidr": "10.9.0.0/16", "region": "local"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    // Nothing changed; the snapshot dataplanes serve is the one before, and
+    // what is held in memory is still readable.
+    assert!(s.state.overrides.is_empty());
+    assert_eq!(s.state.stream.current().generation, before);
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/overrides", None, "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, _) = call(&s.router, Method::GET, "/api/v1/live", None, "").await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_flood_from_one_client_gets_429_and_others_are_served() {
+    let s = setup().await;
+    // (The probes /api/health, /api/v1/live and /api/v1/ready are never
+    // limited: orchestrators poll them.)
+    let mut limited = 0;
+    let mut last = Value::Null;
+    for _ in 0..400 {
+        let (st, v) = call(&s.router, Method::GET, "/api/v1/version", None, "").await;
+        if st == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            last = v;
+        } else {
+            assert_eq!(st, StatusCode::OK);
+        }
+    }
+    assert!(limited >= 150, "only {limited} of 400 refused");
+    assert_error(&last, StatusCode::TOO_MANY_REQUESTS);
+    let (st, _) = call_from(
+        &s.router,
+        "[::1]:40000",
+        Method::GET,
+        "/api/v1/version",
+        None,
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "another client is not limited");
+}

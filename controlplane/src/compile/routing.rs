@@ -122,7 +122,10 @@ pub(super) fn latency_pick<'m>(
     healthy: &[&'m Member],
 ) -> (Vec<&'m Member>, LatencyReport) {
     let ms = |m: &Member| m.latency.map(|l| l.ema.as_secs_f64() * 1000.0);
-    let enough = |m: &Member| m.latency.is_some_and(|l| l.samples >= u64::from(lc.min_samples));
+    let enough = |m: &Member| {
+        m.latency
+            .is_some_and(|l| l.samples >= u64::from(lc.min_samples))
+    };
     let max = f64::from(lc.max_latency_ms);
     let mut too_slow = 0u64;
     let mut unsampled = 0u64;

@@ -136,8 +136,8 @@ fn mode_of(_file: &Path) -> Option<u32> {
 }
 
 pub(crate) fn load_all(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    let text = expand_env(text, file, &|name| std::env::var(name).ok())
-        .map_err(ConfigError::Invalid)?;
+    let text =
+        expand_env(text, file, &|name| std::env::var(name).ok()).map_err(ConfigError::Invalid)?;
     let (cfg, lines) =
         parse_one::<Config>(&text, file).map_err(|i| ConfigError::Invalid(vec![i]))?;
     let own = |n: usize| {
@@ -215,7 +215,10 @@ impl Loader {
     /// `chain` holds the canonical paths from the main file to `from`.
     fn include_all(&mut self, from: usize, patterns: &[String], chain: &[PathBuf]) {
         let including = self.sources[from].file.clone();
-        let dir = including.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = including
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         for (i, pattern) in patterns.iter().enumerate() {
             let key = format!("includes[{i}]");
             let line = self.sources[from].lines.line(&key);

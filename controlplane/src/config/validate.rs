@@ -490,8 +490,7 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
     }
     let sec = &ow.dnssec;
     if !sec.enabled
-        && sec.security_acknowledgment.as_deref().map(str::trim)
-            != Some(DNSSEC_OFF_ACKNOWLEDGMENT)
+        && sec.security_acknowledgment.as_deref().map(str::trim) != Some(DNSSEC_OFF_ACKNOWLEDGMENT)
     {
         r.at(
             "overwatch.dnssec.enabled",
@@ -499,6 +498,22 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
                 "turning DNSSEC off needs overwatch.dnssec.security_acknowledgment set to exactly {DNSSEC_OFF_ACKNOWLEDGMENT:?}"
             ),
         );
+    }
+    if let Some(ks) = sec.key_sync.as_ref().filter(|k| !k.peers.is_empty()) {
+        if ks.token_file.is_none() {
+            r.at(
+                "overwatch.dnssec.key_sync.token_file",
+                "key sync needs token_file: the bearer token presented to the peers' REST APIs",
+            );
+        }
+        for (i, p) in ks.peers.iter().enumerate() {
+            if !p.starts_with("http://") || p.len() <= "http://".len() {
+                r.at(
+                    &format!("overwatch.dnssec.key_sync.peers[{i}]"),
+                    format!("{p:?}: expected a peer REST API URL, http://HOST:PORT"),
+                );
+            }
+        }
     }
     if sec.enabled && sec.refresh_before >= sec.signature_validity {
         r.at(

@@ -111,6 +111,8 @@ pub struct ZoneKey {
     /// Creation time, seconds since the epoch.
     pub created_unix: u64,
     pair: Pair,
+    /// The PKCS#8 document (key sync hands it to peer controlplanes).
+    pkcs8: Vec<u8>,
 }
 
 enum Pair {
@@ -263,9 +265,15 @@ impl ZoneKey {
             public_key,
             created_unix,
             pair,
+            pkcs8: pkcs8.to_vec(),
         };
         key.key_tag = key_tag(&key.dnskey_rdata());
         Ok(key)
+    }
+
+    /// The private key as PKCS#8, for peer controlplanes only.
+    pub(crate) fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
     }
 
     /// DNSKEY RDATA: flags, protocol 3, algorithm, public key.

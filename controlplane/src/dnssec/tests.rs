@@ -630,3 +630,126 @@ fn nsec3_chain_hashes_every_owner_and_verifies() {
         }
     }
 }
+
+#[test]
+fn metrics_name_keys_signatures_latency_and_expiry() {
+    let cfg = cfg();
+    let dnssec = keys_for(&cfg, Algorithm::EcdsaP256Sha256, false);
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(dnssec.collector().unwrap()))
+        .unwrap();
+    let now = SystemTime::now();
+    let (mut c, _) = signed(&dnssec, &cfg, now);
+    dnssec.record_sync("https://peer.example:8080", false);
+    dnssec.record_sync("https://peer.example:8080", true);
+    let text = |r: &prometheus::Registry| {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &r.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let t = text(&registry);
+    let first = dnssec.stats().signed_last;
+    assert!(first > 10);
+    assert!(t.contains("opengslb_dnssec_enabled 1"), "{t}");
+    let tag = dnssec
+        .keyring()
+        .keys(&DnsName::parse("example.com").unwrap().to_wire())
+        .unwrap()[0]
+        .key_tag;
+    assert!(
+        t.contains(&format!(
+            "opengslb_dnssec_key_age_seconds{{key_tag=\"{tag}\",zone=\"example.com\"}}"
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains("opengslb_dnssec_signatures_total{zone=\"example.com\"}"),
+        "{t}"
+    );
+    assert!(
+        t.contains("opengslb_dnssec_signatures_total{zone=\"other.test\"}"),
+        "{t}"
+    );
+    assert!(
+        t.contains("opengslb_dnssec_signing_latency_seconds_count 1"),
+        "{t}"
+    );
+    assert!(
+        t.contains("opengslb_dnssec_key_sync_success_total 1"),
+        "{t}"
+    );
+    assert!(
+        t.contains("opengslb_dnssec_key_sync_failures_total{peer=\"https://peer.example:8080\"} 1")
+    );
+    // Next expiry: about 14 days ahead.
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("opengslb_dnssec_next_expiry_seconds{zone=\"example.com\"}"))
+        .expect("next expiry");
+    let secs: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        (14.0 * 86400.0 - 60.0..=14.0 * 86400.0).contains(&secs),
+        "{line}"
+    );
+    // A recompile with nothing changed (same serial) makes no signature.
+    let total = |t: &str| -> u64 {
+        t.lines()
+            .filter(|l| l.starts_with("opengslb_dnssec_signatures_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(total(&t), first as u64);
+    let _ = c.compile(&cfg, 2, 1, &AllHealthy, now);
+    let t2 = text(&registry);
+    assert_eq!(total(&t2), total(&t), "{t2}");
+    assert!(t2.contains("opengslb_dnssec_signing_latency_seconds_count 2"));
+}
+
+#[tokio::test]
+async fn key_sync_adopts_newer_keys_with_private_part_ignores_older_and_malformed() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = |d: &Path| {
+        let url = format!("sqlite://{}", d.join("db").display());
+        async move { Store::open(&url).await.unwrap() }
+    };
+    let (sa, sb) = (store(da.path()).await, store(db.path()).await);
+    let cfg = cfg();
+    let a = Dnssec::open(&sa, &cfg).await.unwrap();
+    // b's keys are made a second later: newer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let b = Dnssec::open(&sb, &cfg).await.unwrap();
+    let ds_b = b.ds_records("example.com").unwrap();
+    assert_ne!(a.ds_records("example.com").unwrap(), ds_b);
+
+    // b ignores a's older keys.
+    let adopted = sync::adopt(&b, &sb, &cfg, &a.export()).await.unwrap();
+    assert!(adopted.is_empty());
+    assert_eq!(b.ds_records("example.com").unwrap(), ds_b);
+
+    // a adopts b's, private part included: a's signatures verify with b's DNSKEY.
+    let mut adopted = sync::adopt(&a, &sa, &cfg, &b.export()).await.unwrap();
+    adopted.sort();
+    assert_eq!(adopted, ["example.com", "other.test"]);
+    assert_eq!(a.ds_records("example.com").unwrap(), ds_b);
+    let (_, snap) = signed(&a, &cfg, SystemTime::now());
+    assert!(verify_all(&snap, unix(SystemTime::now()), false) > 10);
+    // Kept in a's store: a restart keeps the adopted key.
+    let again = Dnssec::open(&sa, &cfg).await.unwrap();
+    assert_eq!(again.ds_records("example.com").unwrap(), ds_b);
+
+    // Malformed: a private key that is not b's advertised key, or garbage.
+    let mut bad = b.export();
+    bad.zones[0].keys[0].created_unix = unix_now() + 10;
+    bad.zones[0].keys[0].key_tag ^= 1;
+    let err = sync::adopt(&a, &sa, &cfg, &bad).await.unwrap_err();
+    assert!(err.contains("key tag does not match"), "{err}");
+    let mut bad = b.export();
+    bad.zones[0].keys[0].created_unix = unix_now() + 10;
+    bad.zones[0].keys[0].private_key_pkcs8_hex = "00FF".into();
+    let err = sync::adopt(&a, &sa, &cfg, &bad).await.unwrap_err();
+    assert!(err.contains("malformed key"), "{err}");
+    // Nothing changed: a still signs with b's key.
+    assert_eq!(a.ds_records("example.com").unwrap(), ds_b);
+}

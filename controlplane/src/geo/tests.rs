@@ -96,24 +96,24 @@ fn precedence_custom_country_continent_default() {
     }];
     let t = RangeTable::build(&cfg, Some(&db), &runtime);
     let cases = [
-        ("1.2.3.4", "asia"),        // custom /7 beats the US network
-        ("2.1.1.1", "eu"),          // DE by country
-        ("2.16.5.9", "office"),     // custom /24 inside FR /13
-        ("2.16.6.1", "eu"),         // FR
-        ("3.1.1.1", "asia"),        // JP by continent
-        ("3.200.0.1", "asia"),      // AU by continent OC
-        ("5.0.1.1", "latam"),       // BR by continent SA
-        ("8.8.8.8", "latam"),       // runtime /25
-        ("8.8.8.200", "us"),        // US
-        ("10.9.9.9", "office"),     // custom /8
-        ("10.1.2.3", "eu"),         // longer custom /16
-        ("41.1.1.1", "us"),         // ZA: no region → default
-        ("100.64.0.1", "us"),       // no country → default
-        ("185.1.1.1", "eu"),        // PL by continent EU
-        ("2a00::1", "eu"),          // IPv6 DE
-        ("2800::1", "latam"),       // MX by country
-        ("2001:db8::5", "office"),  // custom IPv6
-        ("::ffff:2.1.1.1", "eu"),   // IPv4-mapped counts as IPv4
+        ("1.2.3.4", "asia"),       // custom /7 beats the US network
+        ("2.1.1.1", "eu"),         // DE by country
+        ("2.16.5.9", "office"),    // custom /24 inside FR /13
+        ("2.16.6.1", "eu"),        // FR
+        ("3.1.1.1", "asia"),       // JP by continent
+        ("3.200.0.1", "asia"),     // AU by continent OC
+        ("5.0.1.1", "latam"),      // BR by continent SA
+        ("8.8.8.8", "latam"),      // runtime /25
+        ("8.8.8.200", "us"),       // US
+        ("10.9.9.9", "office"),    // custom /8
+        ("10.1.2.3", "eu"),        // longer custom /16
+        ("41.1.1.1", "us"),        // ZA: no region → default
+        ("100.64.0.1", "us"),      // no country → default
+        ("185.1.1.1", "eu"),       // PL by continent EU
+        ("2a00::1", "eu"),         // IPv6 DE
+        ("2800::1", "latam"),      // MX by country
+        ("2001:db8::5", "office"), // custom IPv6
+        ("::ffff:2.1.1.1", "eu"),  // IPv4-mapped counts as IPv4
     ];
     for (ip, want) in cases {
         assert_eq!(region_name(&t, ip).as_deref(), Some(want), "{ip}");
@@ -216,10 +216,9 @@ fn table_agrees_with_maxminddb_on_100k_addresses() {
         }
         let rec: Option<geoip2::Country<'_>> = reader.lookup(ip).unwrap().decode().unwrap();
         let by_db = rec.and_then(|r| {
-            region_of(
-                r.country.iso_code.or(r.registered_country.iso_code),
-                |r| &r.countries,
-            )
+            region_of(r.country.iso_code.or(r.registered_country.iso_code), |r| {
+                &r.countries
+            })
             .or_else(|| region_of(r.continent.code, |r| &r.continents))
         });
         by_db.or_else(|| cfg.overwatch.geolocation.default_region.clone())
@@ -228,10 +227,7 @@ fn table_agrees_with_maxminddb_on_100k_addresses() {
     let mut mapped = 0;
     for i in 0..100_000u32 {
         let ip = random_addr(&mut rng, &nets, i);
-        let got = t
-            .lookup(ip)
-            .region
-            .map(|r| t.regions[r as usize].clone());
+        let got = t.lookup(ip).region.map(|r| t.regions[r as usize].clone());
         let want = reference(ip);
         assert_eq!(got, want, "{ip}");
         if t.lookup(ip).range.is_some() {
@@ -260,7 +256,11 @@ fn random_addr(rng: &mut SplitMix, nets: &[MmdbNet], i: u32) -> IpAddr {
     } else if v6 {
         let r = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
         // Mostly 2000::/3, where the networks are.
-        let r = if rng.below(4) == 0 { r } else { (r >> 3) | (1 << 125) };
+        let r = if rng.below(4) == 0 {
+            r
+        } else {
+            (r >> 3) | (1 << 125)
+        };
         IpAddr::V6(r.into())
     } else {
         IpAddr::V4((rng.next_u64() as u32).into())
@@ -295,7 +295,12 @@ fn scope_block_has_one_region() {
         };
         let r = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
         for probe in [first, first | host, first | (r & host)] {
-            assert_eq!(t.lookup(at(probe)).region, want, "{ip}/{scope} at {}", at(probe));
+            assert_eq!(
+                t.lookup(at(probe)).region,
+                want,
+                "{ip}/{scope} at {}",
+                at(probe)
+            );
         }
         if scope > 0 && bits == 32 {
             // Widest: the parent block is not one range of the same region
@@ -305,9 +310,11 @@ fn scope_block_has_one_region() {
             let other = pf | (!v & (1u128 << (bits - u32::from(scope))));
             let a = t.lookup(at(other));
             if t.lookup(ip).range.is_some() {
-                let same = a.range.is_some_and(|x| x.region == t.lookup(ip).range.unwrap().region
-                    && x.source == t.lookup(ip).range.unwrap().source
-                    && x.len <= scope);
+                let same = a.range.is_some_and(|x| {
+                    x.region == t.lookup(ip).range.unwrap().region
+                        && x.source == t.lookup(ip).range.unwrap().source
+                        && x.len <= scope
+                });
                 assert!(!same, "{ip}/{scope} could be wider");
             }
         }
@@ -335,11 +342,10 @@ fn unchanged_table_keeps_its_generation() {
     assert_eq!(c.generation, 30);
     let p = c.table.to_proto(c.generation);
     assert_eq!(p.default_region, Some(0));
-    let r = p
-        .v4
-        .iter()
-        .find(|r| r.start == vec![9, 9, 9, 0])
-        .expect("runtime range");
+    let r =
+        p.v4.iter()
+            .find(|r| r.start == vec![9, 9, 9, 0])
+            .expect("runtime range");
     assert!(r.custom && r.prefix_len == 24 && r.region == 1);
 }
 
@@ -348,13 +354,19 @@ fn bad_database_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.mmdb");
     let e = GeoDb::load(&missing).unwrap_err().to_string();
-    assert!(e.contains("missing.mmdb") && e.contains("No such file"), "{e}");
+    assert!(
+        e.contains("missing.mmdb") && e.contains("No such file"),
+        "{e}"
+    );
 
     let bytes = write_mmdb(&small_nets(), "GeoLite2-Country");
     let truncated = dir.path().join("truncated.mmdb");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let e = GeoDb::load(&truncated).unwrap_err().to_string();
-    assert!(e.contains("truncated.mmdb") && e.contains("not a MaxMind DB"), "{e}");
+    assert!(
+        e.contains("truncated.mmdb") && e.contains("not a MaxMind DB"),
+        "{e}"
+    );
 
     let garbage = dir.path().join("garbage.mmdb");
     std::fs::write(&garbage, b"hello, this is not a database").unwrap();

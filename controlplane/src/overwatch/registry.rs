@@ -233,7 +233,11 @@ impl Registry {
         now: Instant,
     ) -> Result<Applied, Refused> {
         let mut inner = self.lock();
-        let id = inner.sessions.get(&session).cloned().ok_or(Refused::Session)?;
+        let id = inner
+            .sessions
+            .get(&session)
+            .cloned()
+            .ok_or(Refused::Session)?;
         let agent = inner.agents.get_mut(&id).ok_or(Refused::Session)?;
         if agent.fingerprint != fingerprint {
             return Err(Refused::Certificate);
@@ -272,7 +276,11 @@ impl Registry {
     /// and its backends are forgotten.
     pub fn deregister(&self, session: u64, fingerprint: &str) -> Result<String, Refused> {
         let mut inner = self.lock();
-        let id = inner.sessions.get(&session).cloned().ok_or(Refused::Session)?;
+        let id = inner
+            .sessions
+            .get(&session)
+            .cloned()
+            .ok_or(Refused::Session)?;
         if inner
             .agents
             .get(&id)
@@ -325,8 +333,7 @@ impl Registry {
                 a.stale_since = Some(now);
                 out.stale.push(a.id.clone());
             }
-            if a
-                .stale_since
+            if a.stale_since
                 .is_some_and(|s| now.saturating_duration_since(s) >= remove_after)
             {
                 out.removed.push(a.id.clone());

@@ -234,10 +234,7 @@ impl AgentService for AgentApi {
         if pinned.fingerprint != peer.fingerprint {
             return Err(self.refuse_auth(
                 "certificate",
-                format!(
-                    "agent {} is pinned to another certificate",
-                    r.agent_id
-                ),
+                format!("agent {} is pinned to another certificate", r.agent_id),
             ));
         }
         let declared = Duration::from_millis(u64::from(r.heartbeat_interval_ms))
@@ -359,7 +356,10 @@ impl AgentService for AgentApi {
         let der = req.into_inner().certificate_der;
         let ow = &self.state.overwatch;
         if der.is_empty() || der.len() > 16 * 1024 {
-            return Err(self.refuse_input("malformed", "certificate of 1 to 16384 bytes expected".into()));
+            return Err(self.refuse_input(
+                "malformed",
+                "certificate of 1 to 16384 bytes expected".into(),
+            ));
         }
         let Some(id) = ow.registry.agent_with(&peer.fingerprint) else {
             return Err(self.refuse_auth(

@@ -57,7 +57,6 @@ regions:
   agent_tokens: {{www.gslb.test: "{TOKEN}", api.gslb.test: "{OTHER_TOKEN}"}}
   stale: {{threshold: 30s, remove_after: 5m}}
   {validation}
-  dnssec: {{enabled: false, security_acknowledgment: "tests"}}
 "#,
         checked_domain = if validated.is_some() {
             "  - {name: chk.gslb.test, regions: [checked]}\n"
@@ -78,7 +77,6 @@ async fn setup(validated: Option<SocketAddr>) -> Setup {
     let path = dir.path().join("gslb.yaml");
     std::fs::write(&path, config_text(validated)).unwrap();
     // It holds agent tokens: readable by its owner only.
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&path).unwrap().permissions(), 0o600);
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let cfg = config::load(&path).unwrap();
     let store = Store::open(&format!(
@@ -153,10 +151,7 @@ async fn heartbeats(
     msgs: Vec<HeartbeatRequest>,
 ) -> Result<Vec<HeartbeatResponse>, tonic::Status> {
     let n = msgs.len();
-    let mut inbound = c
-        .heartbeat(tokio_stream::iter(msgs))
-        .await?
-        .into_inner();
+    let mut inbound = c.heartbeat(tokio_stream::iter(msgs)).await?.into_inner();
     let mut out = Vec::new();
     while out.len() < n {
         match inbound.message().await? {
@@ -250,7 +245,12 @@ async fn stale_after_missed_heartbeats_then_removed() {
     };
     assert!(r.heartbeat(s, "fp", 1, &[up.clone()], t0).unwrap().changed);
     tokio::time::advance(Duration::from_millis(2900)).await;
-    assert_eq!(r.sweep(Instant::now(), Duration::from_secs(300)).stale.len(), 0);
+    assert_eq!(
+        r.sweep(Instant::now(), Duration::from_secs(300))
+            .stale
+            .len(),
+        0
+    );
     tokio::time::advance(Duration::from_millis(200)).await;
     let swept = r.sweep(Instant::now(), Duration::from_secs(300));
     assert_eq!(swept.stale, vec!["a1".to_owned()]);
@@ -261,9 +261,17 @@ async fn stale_after_missed_heartbeats_then_removed() {
     assert!(!r.agents()[0].is_stale());
     // Silent again: stale, then removed remove_after later.
     tokio::time::advance(Duration::from_millis(3100)).await;
-    assert_eq!(r.sweep(Instant::now(), Duration::from_secs(300)).stale.len(), 1);
+    assert_eq!(
+        r.sweep(Instant::now(), Duration::from_secs(300))
+            .stale
+            .len(),
+        1
+    );
     tokio::time::advance(Duration::from_secs(299)).await;
-    assert!(r.sweep(Instant::now(), Duration::from_secs(300)).removed.is_empty());
+    assert!(r
+        .sweep(Instant::now(), Duration::from_secs(300))
+        .removed
+        .is_empty());
     tokio::time::advance(Duration::from_secs(1)).await;
     let swept = r.sweep(Instant::now(), Duration::from_secs(300));
     assert_eq!(swept.removed, vec!["a1".to_owned()]);
@@ -293,14 +301,31 @@ fn registry_refuses_replay_foreign_certificate_and_unknown_backends() {
         permille: 1000,
         reason: String::new(),
     };
-    assert_eq!(r.heartbeat(s, "fp-a", 5, &[], now).map(|a| a.unknown), Ok(0));
-    assert_eq!(r.heartbeat(s, "fp-a", 5, &[up("10.0.0.1:80")], now), Err(Refused::Replay));
+    assert_eq!(
+        r.heartbeat(s, "fp-a", 5, &[], now).map(|a| a.unknown),
+        Ok(0)
+    );
+    assert_eq!(
+        r.heartbeat(s, "fp-a", 5, &[up("10.0.0.1:80")], now),
+        Err(Refused::Replay)
+    );
     assert_eq!(r.heartbeat(s, "fp-a", 4, &[], now), Err(Refused::Replay));
-    assert_eq!(r.heartbeat(s, "fp-b", 6, &[], now), Err(Refused::Certificate));
-    assert_eq!(r.heartbeat(s + 2, "fp-a", 6, &[], now), Err(Refused::Session));
+    assert_eq!(
+        r.heartbeat(s, "fp-b", 6, &[], now),
+        Err(Refused::Certificate)
+    );
+    assert_eq!(
+        r.heartbeat(s + 2, "fp-a", 6, &[], now),
+        Err(Refused::Session)
+    );
     // The refused ones changed nothing.
-    assert_eq!(r.agents()[0].backends.values().next().unwrap().claim, Claim::Unknown);
-    let applied = r.heartbeat(s, "fp-a", 6, &[up("10.9.9.9:80")], now).unwrap();
+    assert_eq!(
+        r.agents()[0].backends.values().next().unwrap().claim,
+        Claim::Unknown
+    );
+    let applied = r
+        .heartbeat(s, "fp-a", 6, &[up("10.9.9.9:80")], now)
+        .unwrap();
     assert_eq!(applied.unknown, 1);
     assert!(!applied.changed);
     assert_eq!(r.agents()[0].backends.len(), 1, "unknown backend not added");
@@ -324,16 +349,28 @@ fn authority_order() {
     assert_eq!((d.healthy, d.authority), (false, Authority::Stale));
     // Validation beats staleness and the claim (veto counted).
     let d = decide(s(1000, Some(Some(true)), true, Claim::Unhealthy));
-    assert_eq!((d.healthy, d.authority, d.veto), (true, Authority::Validation, true));
+    assert_eq!(
+        (d.healthy, d.authority, d.veto),
+        (true, Authority::Validation, true)
+    );
     let d = decide(s(1000, Some(Some(false)), false, Claim::Healthy));
-    assert_eq!((d.healthy, d.authority, d.veto), (false, Authority::Validation, true));
+    assert_eq!(
+        (d.healthy, d.authority, d.veto),
+        (false, Authority::Validation, true)
+    );
     let d = decide(s(1000, Some(None), false, Claim::Healthy));
-    assert_eq!((d.healthy, d.authority, d.veto), (false, Authority::Validation, false));
+    assert_eq!(
+        (d.healthy, d.authority, d.veto),
+        (false, Authority::Validation, false)
+    );
     // Predictive draining beats validation.
     let d = decide(s(0, Some(Some(true)), false, Claim::Healthy));
     assert_eq!((d.healthy, d.authority), (false, Authority::Predictive));
     let d = decide(s(400, Some(Some(true)), false, Claim::Healthy));
-    assert_eq!((d.healthy, d.permille, d.authority), (true, 400, Authority::Predictive));
+    assert_eq!(
+        (d.healthy, d.permille, d.authority),
+        (true, 400, Authority::Predictive)
+    );
     // A partial drain does not revive a backend validation calls down.
     let d = decide(s(400, Some(Some(false)), false, Claim::Healthy));
     assert_eq!((d.healthy, d.authority), (false, Authority::Validation));
@@ -347,27 +384,52 @@ async fn tofu_flow_pin_reconnect_wrong_cert_rotation_revocation() {
 
     // Wrong token: refused, counted, nothing pinned.
     let e = c
-        .register(register("agent-1", "not-the-token-000000", &[("www.gslb.test", "10.1.0.1:80")]))
+        .register(register(
+            "agent-1",
+            "not-the-token-000000",
+            &[("www.gslb.test", "10.1.0.1:80")],
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    assert_eq!(counter(&t.state, "opengslb_overwatch_agent_auth_failures_total", "reason=\"token\""), 1.0);
+    assert_eq!(
+        counter(
+            &t.state,
+            "opengslb_overwatch_agent_auth_failures_total",
+            "reason=\"token\""
+        ),
+        1.0
+    );
     assert!(t.state.store.agent_pins().await.unwrap().is_empty());
 
     // A token for another service only: refused.
     let e = c
-        .register(register("agent-1", OTHER_TOKEN, &[("www.gslb.test", "10.1.0.1:80")]))
+        .register(register(
+            "agent-1",
+            OTHER_TOKEN,
+            &[("www.gslb.test", "10.1.0.1:80")],
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    assert_eq!(counter(&t.state, "opengslb_overwatch_refused_total", "reason=\"unknown_service\""), 1.0);
+    assert_eq!(
+        counter(
+            &t.state,
+            "opengslb_overwatch_refused_total",
+            "reason=\"unknown_service\""
+        ),
+        1.0
+    );
 
     // First contact: pinned; the backend of another service is refused.
     let r = c
         .register(register(
             "agent-1",
             TOKEN,
-            &[("www.gslb.test", "10.1.0.1:80"), ("api.gslb.test", "10.1.0.2:80")],
+            &[
+                ("www.gslb.test", "10.1.0.1:80"),
+                ("api.gslb.test", "10.1.0.2:80"),
+            ],
         ))
         .await
         .unwrap()
@@ -380,16 +442,41 @@ async fn tofu_flow_pin_reconnect_wrong_cert_rotation_revocation() {
     let replies = heartbeats(
         &mut c,
         vec![
-            hb(r.session, 1, vec![health("www.gslb.test", "10.1.0.1:80", HealthClaim::Healthy, 1000)]),
+            hb(
+                r.session,
+                1,
+                vec![health(
+                    "www.gslb.test",
+                    "10.1.0.1:80",
+                    HealthClaim::Healthy,
+                    1000,
+                )],
+            ),
             // Replayed: refused, counted, no change.
-            hb(r.session, 1, vec![health("www.gslb.test", "10.1.0.1:80", HealthClaim::Unhealthy, 1000)]),
+            hb(
+                r.session,
+                1,
+                vec![health(
+                    "www.gslb.test",
+                    "10.1.0.1:80",
+                    HealthClaim::Unhealthy,
+                    1000,
+                )],
+            ),
         ],
     )
     .await
     .unwrap();
     assert!(replies[0].accepted);
     assert!(!replies[1].accepted);
-    assert_eq!(counter(&t.state, "opengslb_overwatch_refused_total", "reason=\"replay\""), 1.0);
+    assert_eq!(
+        counter(
+            &t.state,
+            "opengslb_overwatch_refused_total",
+            "reason=\"replay\""
+        ),
+        1.0
+    );
     t.state.recompile("test").await.unwrap();
     assert_eq!(
         answers(&t.state, "www.gslb.test"),
@@ -399,28 +486,49 @@ async fn tofu_flow_pin_reconnect_wrong_cert_rotation_revocation() {
     // Reconnect with the same certificate: a new session; the old one is over.
     let mut c2 = client(t.addr, &id).await;
     let r2 = c2
-        .register(register("agent-1", TOKEN, &[("www.gslb.test", "10.1.0.1:80")]))
+        .register(register(
+            "agent-1",
+            TOKEN,
+            &[("www.gslb.test", "10.1.0.1:80")],
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_ne!(r2.session, r.session);
-    let e = heartbeats(&mut c, vec![hb(r.session, 2, vec![])]).await.unwrap_err();
+    let e = heartbeats(&mut c, vec![hb(r.session, 2, vec![])])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 
     // Another certificate for the same agent id: refused and counted.
     let thief = Identity::ephemeral("agent").unwrap();
     let mut ct = client(t.addr, &thief).await;
     let e = ct
-        .register(register("agent-1", TOKEN, &[("www.gslb.test", "10.1.0.1:80")]))
+        .register(register(
+            "agent-1",
+            TOKEN,
+            &[("www.gslb.test", "10.1.0.1:80")],
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    assert_eq!(counter(&t.state, "opengslb_overwatch_agent_auth_failures_total", "reason=\"certificate\""), 1.0);
+    assert_eq!(
+        counter(
+            &t.state,
+            "opengslb_overwatch_agent_auth_failures_total",
+            "reason=\"certificate\""
+        ),
+        1.0
+    );
     // Nor can it use the agent's session or rotate its pin.
-    let e = heartbeats(&mut ct, vec![hb(r2.session, 10, vec![])]).await.unwrap_err();
+    let e = heartbeats(&mut ct, vec![hb(r2.session, 10, vec![])])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let e = ct
-        .rotate_certificate(RotateCertificateRequest { certificate_der: thief.cert_der.clone() })
+        .rotate_certificate(RotateCertificateRequest {
+            certificate_der: thief.cert_der.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -428,40 +536,82 @@ async fn tofu_flow_pin_reconnect_wrong_cert_rotation_revocation() {
     // Rotation over the authenticated channel.
     let next = Identity::ephemeral("agent").unwrap();
     let rot = c2
-        .rotate_certificate(RotateCertificateRequest { certificate_der: next.cert_der.clone() })
+        .rotate_certificate(RotateCertificateRequest {
+            certificate_der: next.cert_der.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(rot.fingerprint, next.fingerprint());
-    assert_eq!(t.state.store.agent_pin("agent-1").await.unwrap().unwrap().fingerprint, next.fingerprint());
+    assert_eq!(
+        t.state
+            .store
+            .agent_pin("agent-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .fingerprint,
+        next.fingerprint()
+    );
     let mut c3 = client(t.addr, &next).await;
     let r3 = c3
-        .register(register("agent-1", TOKEN, &[("www.gslb.test", "10.1.0.1:80")]))
+        .register(register(
+            "agent-1",
+            TOKEN,
+            &[("www.gslb.test", "10.1.0.1:80")],
+        ))
         .await
         .unwrap()
         .into_inner();
-    heartbeats(&mut c3, vec![hb(r3.session, 1, vec![health("www.gslb.test", "10.1.0.1:80", HealthClaim::Healthy, 1000)])])
-        .await
-        .unwrap();
+    heartbeats(
+        &mut c3,
+        vec![hb(
+            r3.session,
+            1,
+            vec![health(
+                "www.gslb.test",
+                "10.1.0.1:80",
+                HealthClaim::Healthy,
+                1000,
+            )],
+        )],
+    )
+    .await
+    .unwrap();
     let mut old = client(t.addr, &id).await;
     assert_eq!(
-        old.register(register("agent-1", TOKEN, &[("www.gslb.test", "10.1.0.1:80")]))
-            .await
-            .unwrap_err()
-            .code(),
+        old.register(register(
+            "agent-1",
+            TOKEN,
+            &[("www.gslb.test", "10.1.0.1:80")]
+        ))
+        .await
+        .unwrap_err()
+        .code(),
         Code::PermissionDenied
     );
 
     // Revocation: cut off at once, its backend leaves the answers.
     t.state.recompile("test").await.unwrap();
-    assert!(answers(&t.state, "www.gslb.test").iter().any(|(a, _)| a == "10.1.0.1"));
+    assert!(answers(&t.state, "www.gslb.test")
+        .iter()
+        .any(|(a, _)| a == "10.1.0.1"));
     assert!(super::revoke(&t.state, "agent-1").await.unwrap());
     t.state.recompile("test").await.unwrap();
-    assert_eq!(answers(&t.state, "www.gslb.test"), vec![("192.0.2.1".into(), 100)]);
-    let e = heartbeats(&mut c3, vec![hb(r3.session, 2, vec![])]).await.unwrap_err();
+    assert_eq!(
+        answers(&t.state, "www.gslb.test"),
+        vec![("192.0.2.1".into(), 100)]
+    );
+    let e = heartbeats(&mut c3, vec![hb(r3.session, 2, vec![])])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let e = c3
-        .register(register("agent-1", TOKEN, &[("www.gslb.test", "10.1.0.1:80")]))
+        .register(register(
+            "agent-1",
+            TOKEN,
+            &[("www.gslb.test", "10.1.0.1:80")],
+        ))
         .await
         .unwrap_err();
     assert!(e.message().contains("revoked"), "{e:?}");
@@ -476,7 +626,9 @@ async fn hostile_input_is_refused_and_counted_without_state_change() {
     let t = setup(None).await;
     // Garbage instead of a TLS handshake.
     let mut raw = tokio::net::TcpStream::connect(t.addr).await.unwrap();
-    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\x02garbage").await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\x02garbage")
+        .await
+        .unwrap();
     let mut buf = [0u8; 64];
     let _ = tokio::time::timeout(
         Duration::from_secs(3),
@@ -493,48 +645,92 @@ async fn hostile_input_is_refused_and_counted_without_state_change() {
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(t.addr).await.unwrap();
     let r = tokio_rustls::TlsConnector::from(Arc::new(no_cert))
-        .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
         .await;
     assert!(r.is_err());
     // Wait for the handshake tasks to count.
     let deadline = Instant::now() + Duration::from_secs(3);
-    while counter(&t.state, "opengslb_overwatch_agent_auth_failures_total", "reason=\"tls\"") < 1.0
+    while counter(
+        &t.state,
+        "opengslb_overwatch_agent_auth_failures_total",
+        "reason=\"tls\"",
+    ) < 1.0
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(counter(&t.state, "opengslb_overwatch_agent_auth_failures_total", "reason=\"tls\"") >= 1.0);
+    assert!(
+        counter(
+            &t.state,
+            "opengslb_overwatch_agent_auth_failures_total",
+            "reason=\"tls\""
+        ) >= 1.0
+    );
 
     let id = Identity::ephemeral("agent").unwrap();
     let mut c = client(t.addr, &id).await;
     // Oversized: more than the message limit.
     let many: Vec<(String, String)> = (0..6000)
-        .map(|i| ("www.gslb.test".to_owned(), format!("10.{}.{}.1:80", i / 250, i % 250)))
+        .map(|i| {
+            (
+                "www.gslb.test".to_owned(),
+                format!("10.{}.{}.1:80", i / 250, i % 250),
+            )
+        })
         .collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let mut big = register("agent-big", TOKEN, &refs);
     big.region = "x".repeat(200_000);
     let e = c.register(big).await.unwrap_err();
-    assert!(matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Internal), "{e:?}");
+    assert!(
+        matches!(
+            e.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument | Code::Internal
+        ),
+        "{e:?}"
+    );
     // Malformed fields.
-    let mut bad = register("bad id with spaces", TOKEN, &[("www.gslb.test", "10.1.0.1:80")]);
-    assert_eq!(c.register(bad.clone()).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut bad = register(
+        "bad id with spaces",
+        TOKEN,
+        &[("www.gslb.test", "10.1.0.1:80")],
+    );
+    assert_eq!(
+        c.register(bad.clone()).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     bad.agent_id = "agent-2".into();
     bad.backends[0].address = "not-an-ip".into();
-    assert_eq!(c.register(bad).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        c.register(bad).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     // Heartbeat with no session.
-    let e = heartbeats(&mut c, vec![hb(12345, 1, vec![])]).await.unwrap_err();
+    let e = heartbeats(&mut c, vec![hb(12345, 1, vec![])])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     // Nothing was registered or pinned, and the service still works.
     assert!(t.state.overwatch.registry.is_empty());
     assert!(t.state.store.agent_pins().await.unwrap().is_empty());
     let r = c
-        .register(register("agent-ok", TOKEN, &[("www.gslb.test", "10.1.0.1:80")]))
+        .register(register(
+            "agent-ok",
+            TOKEN,
+            &[("www.gslb.test", "10.1.0.1:80")],
+        ))
         .await
         .unwrap()
         .into_inner();
     // Unknown backend and malformed entries in a heartbeat: refused, counted.
-    let malformed = counter(&t.state, "opengslb_overwatch_refused_total", "reason=\"malformed\"");
+    let malformed = counter(
+        &t.state,
+        "opengslb_overwatch_refused_total",
+        "reason=\"malformed\"",
+    );
     let replies = heartbeats(
         &mut c,
         vec![hb(
@@ -549,14 +745,28 @@ async fn hostile_input_is_refused_and_counted_without_state_change() {
     .await
     .unwrap();
     assert!(replies[0].accepted);
-    assert_eq!(counter(&t.state, "opengslb_overwatch_refused_total", "reason=\"unknown_backend\""), 1.0);
     assert_eq!(
-        counter(&t.state, "opengslb_overwatch_refused_total", "reason=\"malformed\""),
+        counter(
+            &t.state,
+            "opengslb_overwatch_refused_total",
+            "reason=\"unknown_backend\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &t.state,
+            "opengslb_overwatch_refused_total",
+            "reason=\"malformed\""
+        ),
         malformed + 1.0
     );
     let agents = t.state.overwatch.registry.agents();
     assert_eq!(agents[0].backends.len(), 1);
-    assert_eq!(agents[0].backends.values().next().unwrap().claim, Claim::Unknown);
+    assert_eq!(
+        agents[0].backends.values().next().unwrap().claim,
+        Claim::Unknown
+    );
 }
 
 #[tokio::test]
@@ -569,7 +779,10 @@ async fn gradual_drain_and_deregistration_change_the_snapshot() {
         .register(register(
             "agent-d",
             TOKEN,
-            &[("www.gslb.test", "192.0.2.1:80"), ("www.gslb.test", "10.2.0.1:80")],
+            &[
+                ("www.gslb.test", "192.0.2.1:80"),
+                ("www.gslb.test", "10.2.0.1:80"),
+            ],
         ))
         .await
         .unwrap()
@@ -584,7 +797,12 @@ async fn gradual_drain_and_deregistration_change_the_snapshot() {
                 r.session,
                 seq,
                 vec![
-                    health("www.gslb.test", "192.0.2.1:80", HealthClaim::Draining, permille),
+                    health(
+                        "www.gslb.test",
+                        "192.0.2.1:80",
+                        HealthClaim::Draining,
+                        permille,
+                    ),
                     health("www.gslb.test", "10.2.0.1:80", HealthClaim::Healthy, 1000),
                 ],
             )],
@@ -593,20 +811,33 @@ async fn gradual_drain_and_deregistration_change_the_snapshot() {
         .unwrap();
         t.state.recompile("test").await.unwrap();
         let a = answers(&t.state, "www.gslb.test");
-        weights.push(a.iter().find(|(x, _)| x == "192.0.2.1").map_or(0, |(_, w)| *w));
+        weights.push(
+            a.iter()
+                .find(|(x, _)| x == "192.0.2.1")
+                .map_or(0, |(_, w)| *w),
+        );
     }
     assert_eq!(weights, vec![100, 75, 50, 25, 0, 50, 100]);
     // The API shows the authority.
     let cfg = t.state.config.lock().await.clone();
     let backends = crate::api::ops::backends_of(&t.state, &cfg, &Default::default());
     let b = backends.iter().find(|b| b.address == "10.2.0.1").unwrap();
-    assert_eq!((b.authority, b.agent_id.as_deref()), ("agent", Some("agent-d")));
+    assert_eq!(
+        (b.authority, b.agent_id.as_deref()),
+        ("agent", Some("agent-d"))
+    );
     // Graceful shutdown: its backends leave at once.
-    c.deregister(DeregisterRequest { session: r.session, reason: "test".into() })
-        .await
-        .unwrap();
+    c.deregister(DeregisterRequest {
+        session: r.session,
+        reason: "test".into(),
+    })
+    .await
+    .unwrap();
     t.state.recompile("test").await.unwrap();
-    assert_eq!(answers(&t.state, "www.gslb.test"), vec![("192.0.2.1".into(), 100)]);
+    assert_eq!(
+        answers(&t.state, "www.gslb.test"),
+        vec![("192.0.2.1".into(), 100)]
+    );
     assert!(t.state.overwatch.registry.is_empty());
 }
 
@@ -637,13 +868,23 @@ async fn validation_vetoes_the_agent_and_keeps_a_stale_backend() {
     // The agent says down; validation says up and wins.
     heartbeats(
         &mut c,
-        vec![hb(r.session, 1, vec![health("chk.gslb.test", &addr, HealthClaim::Unhealthy, 1000)])],
+        vec![hb(
+            r.session,
+            1,
+            vec![health("chk.gslb.test", &addr, HealthClaim::Unhealthy, 1000)],
+        )],
     )
     .await
     .unwrap();
     t.state.recompile("test").await.unwrap();
-    assert_eq!(answers(&t.state, "chk.gslb.test"), vec![(up_addr.ip().to_string(), 100)]);
-    assert_eq!(counter(&t.state, "opengslb_overwatch_vetoes_total", ""), 1.0);
+    assert_eq!(
+        answers(&t.state, "chk.gslb.test"),
+        vec![(up_addr.ip().to_string(), 1)]
+    );
+    assert_eq!(
+        counter(&t.state, "opengslb_overwatch_vetoes_total", ""),
+        1.0
+    );
     let cfg = t.state.config.lock().await.clone();
     let b = crate::api::ops::backends_of(&t.state, &cfg, &Default::default())
         .into_iter()
@@ -652,19 +893,32 @@ async fn validation_vetoes_the_agent_and_keeps_a_stale_backend() {
     assert_eq!((b.authority, b.healthy), ("validation", true));
     // Recompiling again does not count the same disagreement twice.
     t.state.recompile("test").await.unwrap();
-    assert_eq!(counter(&t.state, "opengslb_overwatch_vetoes_total", ""), 1.0);
+    assert_eq!(
+        counter(&t.state, "opengslb_overwatch_vetoes_total", ""),
+        1.0
+    );
     // Stale: validation still keeps it in.
-    super::sweep(&t.state, Instant::now() + Duration::from_secs(10), Duration::from_secs(300));
+    super::sweep(
+        &t.state,
+        Instant::now() + Duration::from_secs(10),
+        Duration::from_secs(300),
+    );
     assert!(t.state.overwatch.registry.agents()[0].is_stale());
     t.state.recompile("test").await.unwrap();
-    assert_eq!(answers(&t.state, "chk.gslb.test"), vec![(up_addr.ip().to_string(), 100)]);
+    assert_eq!(
+        answers(&t.state, "chk.gslb.test"),
+        vec![(up_addr.ip().to_string(), 1)]
+    );
 }
 
 #[test]
 fn identity_files_are_private_and_reloaded() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key): (PathBuf, PathBuf) = (dir.path().join("a/agent.crt"), dir.path().join("a/agent.key"));
+    let (cert, key): (PathBuf, PathBuf) = (
+        dir.path().join("a/agent.crt"),
+        dir.path().join("a/agent.key"),
+    );
     let (id, created) = Identity::load_or_create(&cert, &key, "agent").unwrap();
     assert!(created);
     for p in [&cert, &key] {

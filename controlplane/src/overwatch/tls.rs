@@ -104,10 +104,10 @@ impl Identity {
 
     /// Reads an existing identity.
     pub fn load(cert_path: &Path, key_path: &Path) -> io::Result<Self> {
-        let cert = CertificateDer::from_pem_file(cert_path)
-            .map_err(|e| bad(cert_path, &e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_file(key_path)
-            .map_err(|e| bad(key_path, &e.to_string()))?;
+        let cert =
+            CertificateDer::from_pem_file(cert_path).map_err(|e| bad(cert_path, &e.to_string()))?;
+        let key =
+            PrivateKeyDer::from_pem_file(key_path).map_err(|e| bad(key_path, &e.to_string()))?;
         let written = std::fs::metadata(cert_path)?.modified()?;
         Ok(Self {
             cert_der: cert.to_vec(),
@@ -134,7 +134,12 @@ impl Identity {
         })
     }
 
-    fn issue(cert_path: &Path, key_path: &Path, key: &rcgen::KeyPair, name: &str) -> io::Result<Self> {
+    fn issue(
+        cert_path: &Path,
+        key_path: &Path,
+        key: &rcgen::KeyPair,
+        name: &str,
+    ) -> io::Result<Self> {
         let cert = certificate(key, name)?;
         write_private(key_path, key.serialize_pem().as_bytes())?;
         write_private(cert_path, cert.pem().as_bytes())?;
@@ -311,7 +316,9 @@ pub struct AgentConn {
 
 impl std::fmt::Debug for AgentConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentConn").field("peer", &self.info).finish()
+        f.debug_struct("AgentConn")
+            .field("peer", &self.info)
+            .finish()
     }
 }
 
@@ -510,7 +517,11 @@ impl PinStore {
             }),
             None => {
                 pins.insert(endpoint.to_owned(), fp.to_owned());
-                tracing::info!(endpoint, fingerprint = fp, "controlplane certificate pinned (first contact)");
+                tracing::info!(
+                    endpoint,
+                    fingerprint = fp,
+                    "controlplane certificate pinned (first contact)"
+                );
                 if let Some(path) = &self.path {
                     let mut text = String::from(
                         "# controlplane certificates pinned on first contact: endpoint sha256\n",

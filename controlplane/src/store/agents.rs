@@ -67,7 +67,10 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(store_err))?;
-        Ok(self.agent_pin(&p.agent_id).await?.unwrap_or_else(|| p.clone()))
+        Ok(self
+            .agent_pin(&p.agent_id)
+            .await?
+            .unwrap_or_else(|| p.clone()))
     }
 
     /// Replaces the pinned fingerprint of a non-revoked agent whose pin is

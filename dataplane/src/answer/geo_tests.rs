@@ -100,11 +100,12 @@ fn query(n: &str, ecs: Option<(&str, u8)>) -> Vec<u8> {
     let mut e = Edns::new();
     e.set_max_payload(1232);
     if let Some((addr, source)) = ecs {
-        e.options_mut().insert(EdnsOption::Subnet(HClientSubnet::new(
-            addr.parse().unwrap(),
-            source,
-            0,
-        )));
+        e.options_mut()
+            .insert(EdnsOption::Subnet(HClientSubnet::new(
+                addr.parse().unwrap(),
+                source,
+                0,
+            )));
     }
     m.set_edns(e);
     m.to_vec().unwrap()
@@ -164,7 +165,12 @@ fn source_address_picks_the_region_without_ecs() {
     let r = ask_from(&s, &query("geo.gslb.test.", None), "20.0.0.9", &mut st);
     assert_eq!(addrs(&r), vec![ip("10.0.0.2")]);
     // IPv4-mapped source (dual-stack socket) counts as IPv4.
-    let r = ask_from(&s, &query("geo.gslb.test.", None), "::ffff:20.0.0.9", &mut st);
+    let r = ask_from(
+        &s,
+        &query("geo.gslb.test.", None),
+        "::ffff:20.0.0.9",
+        &mut st,
+    );
     assert_eq!(addrs(&r), vec![ip("10.0.0.2")]);
     // Unmapped, no default region: every server.
     let r = ask_from(&s, &query("geo.gslb.test.", None), "99.0.0.1", &mut st);
@@ -191,7 +197,12 @@ fn ecs_decides_and_scope_follows_the_range() {
         ("10.9.8.0", 24, "10.0.0.1", 24),
     ];
     for (addr, source, want, scope) in cases {
-        let r = ask_from(&s, &query("geo.gslb.test.", Some((addr, source))), "10.0.0.77", &mut st);
+        let r = ask_from(
+            &s,
+            &query("geo.gslb.test.", Some((addr, source))),
+            "10.0.0.77",
+            &mut st,
+        );
         assert_eq!(addrs(&r), vec![ip(want)], "{addr}/{source}");
         let (a, src, sc) = ecs_of(&r).expect("ECS echoed");
         assert_eq!(a, addr.parse::<IpAddr>().unwrap(), "address as sent");
@@ -200,11 +211,21 @@ fn ecs_decides_and_scope_follows_the_range() {
     }
     // A gap: the widest block around 40.0.0.0 that holds no range is /3
     // (32.0.0.0-63.255.255.255); every server answers.
-    let r = ask_from(&s, &query("geo.gslb.test.", Some(("40.0.0.0", 24))), "10.0.0.77", &mut st);
+    let r = ask_from(
+        &s,
+        &query("geo.gslb.test.", Some(("40.0.0.0", 24))),
+        "10.0.0.77",
+        &mut st,
+    );
     assert_eq!(addrs(&r).len(), 3);
     assert_eq!(ecs_of(&r).unwrap().2, 3);
     // IPv6: 2001:db8::/32 is eu; cap 56 does not narrow a /32.
-    let r = ask_from(&s, &query("geo.gslb.test.", Some(("2001:db8:1:200::", 56))), "10.0.0.77", &mut st);
+    let r = ask_from(
+        &s,
+        &query("geo.gslb.test.", Some(("2001:db8:1:200::", 56))),
+        "10.0.0.77",
+        &mut st,
+    );
     assert_eq!(addrs(&r), vec![ip("10.0.0.2")]);
     assert_eq!(ecs_of(&r).unwrap().2, 32);
 }
@@ -214,17 +235,32 @@ fn source_prefix_zero_gets_scope_zero_and_static_names_too() {
     let s = Snapshot::try_from(&geo_snapshot(true, None)).unwrap();
     let mut st = WorkerState::with_seed(1);
     // Source prefix 0: the resolver's own address decides (20/8 → eu).
-    let r = ask_from(&s, &query("geo.gslb.test.", Some(("0.0.0.0", 0))), "20.0.0.1", &mut st);
+    let r = ask_from(
+        &s,
+        &query("geo.gslb.test.", Some(("0.0.0.0", 0))),
+        "20.0.0.1",
+        &mut st,
+    );
     assert_eq!(addrs(&r), vec![ip("10.0.0.2")]);
     assert_eq!(ecs_of(&r).unwrap().1, 0);
     assert_eq!(ecs_of(&r).unwrap().2, 0);
     // A name whose answer ignores the client: scope 0.
-    let r = ask_from(&s, &query("www.gslb.test.", Some(("20.1.2.0", 24))), "10.0.0.77", &mut st);
+    let r = ask_from(
+        &s,
+        &query("www.gslb.test.", Some(("20.1.2.0", 24))),
+        "10.0.0.77",
+        &mut st,
+    );
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert!(!r.answers.is_empty());
     assert_eq!(ecs_of(&r), Some(("20.1.2.0".parse().unwrap(), 24, 0)));
     // NXDOMAIN too.
-    let r = ask_from(&s, &query("nope.gslb.test.", Some(("20.1.2.0", 24))), "10.0.0.77", &mut st);
+    let r = ask_from(
+        &s,
+        &query("nope.gslb.test.", Some(("20.1.2.0", 24))),
+        "10.0.0.77",
+        &mut st,
+    );
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(ecs_of(&r).unwrap().2, 0);
 }
@@ -233,7 +269,12 @@ fn source_prefix_zero_gets_scope_zero_and_static_names_too() {
 fn ecs_disabled_uses_the_source_and_sends_no_option() {
     let s = Snapshot::try_from(&geo_snapshot(false, None)).unwrap();
     let mut st = WorkerState::with_seed(1);
-    let r = ask_from(&s, &query("geo.gslb.test.", Some(("20.1.2.0", 24))), "10.0.0.77", &mut st);
+    let r = ask_from(
+        &s,
+        &query("geo.gslb.test.", Some(("20.1.2.0", 24))),
+        "10.0.0.77",
+        &mut st,
+    );
     assert_eq!(addrs(&r), vec![ip("10.0.0.1")], "the source (us) decides");
     assert_eq!(ecs_of(&r), None);
 }
@@ -252,7 +293,12 @@ fn malformed_ecs_is_formerr() {
         let mut opt = vec![0, 8];
         opt.extend_from_slice(&(data.len() as u16).to_be_bytes());
         opt.extend_from_slice(data);
-        let r = ask_from(&s, &query_raw_option("geo.gslb.test.", &opt), "10.0.0.77", &mut st);
+        let r = ask_from(
+            &s,
+            &query_raw_option("geo.gslb.test.", &opt),
+            "10.0.0.77",
+            &mut st,
+        );
         assert_eq!(r.metadata.response_code, ResponseCode::FormErr, "{what}");
         assert!(r.answers.is_empty(), "{what}");
     }
@@ -273,7 +319,12 @@ fn geo_counters_count_regions_custom_hits_and_fallbacks() {
     let mut st = WorkerState::with_seed(1);
     for (addr, n) in [("10.1.0.0", 3), ("30.0.1.0", 2), ("99.0.0.0", 1)] {
         for _ in 0..n {
-            ask_from(&s, &query("geo.gslb.test.", Some((addr, 24))), "10.0.0.77", &mut st);
+            ask_from(
+                &s,
+                &query("geo.gslb.test.", Some((addr, 24))),
+                "10.0.0.77",
+                &mut st,
+            );
         }
     }
     let c = &s.geo_counters()[0];
@@ -330,14 +381,24 @@ fn every_address_in_the_scope_gets_the_same_answer() {
     for _ in 0..2000 {
         let a = (10u32 << 24) | (rng.next_u64() as u32 & 0x00FF_FFFF);
         let a = Ipv4Addr::from(a).to_string();
-        let r = ask_from(&s, &query("geo.gslb.test.", Some((&a, 32))), "1.1.1.1", &mut st);
+        let r = ask_from(
+            &s,
+            &query("geo.gslb.test.", Some((&a, 32))),
+            "1.1.1.1",
+            &mut st,
+        );
         let want = addrs(&r);
         let scope = ecs_of(&r).unwrap().2;
         let host = u32::MAX.checked_shr(u32::from(scope)).unwrap_or(0);
         let base = u32::from(a.parse::<Ipv4Addr>().unwrap()) & !host;
         for probe in [base, base | host, base | (rng.next_u64() as u32 & host)] {
             let pa = Ipv4Addr::from(probe).to_string();
-            let r = ask_from(&s, &query("geo.gslb.test.", Some((&pa, 32))), "1.1.1.1", &mut st);
+            let r = ask_from(
+                &s,
+                &query("geo.gslb.test.", Some((&pa, 32))),
+                "1.1.1.1",
+                &mut st,
+            );
             assert_eq!(addrs(&r), want, "{a} scope /{scope}: {pa} differs");
         }
     }

@@ -124,9 +124,16 @@ fn label(n: &str) -> String {
 /// The chain's hashes in order, as labels.
 fn chain_labels() -> Vec<String> {
     let p = nsec3_fixture();
-    p.zones[0].nsec3.as_ref().unwrap().records.iter().map(|r| {
-        String::from_utf8(base32hex(&r.hash.as_slice().try_into().unwrap()).to_vec()).unwrap()
-    }).collect()
+    p.zones[0]
+        .nsec3
+        .as_ref()
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| {
+            String::from_utf8(base32hex(&r.hash.as_slice().try_into().unwrap()).to_vec()).unwrap()
+        })
+        .collect()
 }
 
 /// Whether the record owned by `owner` covers `n` (base32hex sorts as the
@@ -250,7 +257,14 @@ fn other_parameters_and_broken_chains_are_refused() {
     ));
     // A salt in NSEC3PARAM.
     let mut p = nsec3_fixture();
-    p.zones[0].nsec3.as_mut().unwrap().param.as_mut().unwrap().rdata = vec![vec![1, 0, 0, 0, 1, 7]];
+    p.zones[0]
+        .nsec3
+        .as_mut()
+        .unwrap()
+        .param
+        .as_mut()
+        .unwrap()
+        .rdata = vec![vec![1, 0, 0, 0, 1, 7]];
     assert!(matches!(
         Snapshot::try_from(&p),
         Err(InvalidSnapshot::BadNsec3 { .. })

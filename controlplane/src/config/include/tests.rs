@@ -65,7 +65,9 @@ fn double_star_globs_match_every_depth_in_sorted_order() {
     write(d, "conf.d/.hidden/x.yaml", &region("hidden"), 0o644);
     write(d, "conf.d/a/notes.txt", "not yaml", 0o644);
     let main = main_file(d, "[\"conf.d/**/*.yaml\"]", "");
-    assert_eq!(region_names(&ok(&main)), ["r1", "a", "a-1", "b-deep"]);
+    // Sorted by path, component by component: a directory's files before
+    // a sibling file whose name merely starts with the directory's.
+    assert_eq!(region_names(&ok(&main)), ["r1", "a-1", "a", "b-deep"]);
 
     // `**` must be a whole component.
     let main = main_file(d, "[\"conf.d/a**/*.yaml\"]", "");
@@ -79,7 +81,12 @@ fn single_star_matches_are_sorted_and_absolute_paths_work() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     for name in ["30", "10", "20"] {
-        write(d, &format!("conf.d/{name}.yaml"), &region(&format!("z{name}")), 0o644);
+        write(
+            d,
+            &format!("conf.d/{name}.yaml"),
+            &region(&format!("z{name}")),
+            0o644,
+        );
     }
     let main = main_file(d, "[\"conf.d/*.yaml\"]", "");
     assert_eq!(region_names(&ok(&main)), ["r1", "z10", "z20", "z30"]);
@@ -102,7 +109,12 @@ fn nesting_up_to_ten_deep_loads_and_eleven_is_refused() {
             } else {
                 String::new()
             };
-            write(d, &format!("f{i}.yaml"), &format!("{next}{}", region(&format!("g{i}"))), 0o644);
+            write(
+                d,
+                &format!("f{i}.yaml"),
+                &format!("{next}{}", region(&format!("g{i}"))),
+                0o644,
+            );
         }
     };
     chain(10);
@@ -123,8 +135,18 @@ fn nesting_up_to_ten_deep_loads_and_eleven_is_refused() {
 fn a_cycle_is_refused_naming_the_whole_chain() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(d, "a.yaml", &format!("includes: [b.yaml]\n{}", region("a")), 0o644);
-    write(d, "b.yaml", &format!("includes: [c.yaml]\n{}", region("b")), 0o644);
+    write(
+        d,
+        "a.yaml",
+        &format!("includes: [b.yaml]\n{}", region("a")),
+        0o644,
+    );
+    write(
+        d,
+        "b.yaml",
+        &format!("includes: [c.yaml]\n{}", region("b")),
+        0o644,
+    );
     write(d, "c.yaml", "includes: [a.yaml]\n", 0o644);
     let main = main_file(d, "[a.yaml]", "");
     let e = err(&main);
@@ -177,13 +199,16 @@ fn duplicate_names_across_files_name_both_files() {
     assert!(
         region_issue
             .message
-            .contains(&format!("also at {}:4", main.display())),
+            .contains(&format!("also at {}:5", main.display())),
         "{text}"
     );
     let domain_issue = e
         .issues()
         .iter()
-        .find(|i| i.message.contains("domain www.example.com is defined twice"))
+        .find(|i| {
+            i.message
+                .contains("domain www.example.com is defined twice")
+        })
         .unwrap_or_else(|| panic!("{text}"));
     assert_eq!(domain_issue.file, inc);
     assert!(
@@ -210,7 +235,12 @@ fn maps_are_merged_and_a_key_set_twice_names_both_files() {
         "overwatch:\n  agent_tokens:\n    www.example.com: \"aaaaaaaaaaaaaaaaaaaaaaaa\"\n",
     );
     let cfg = ok(&main);
-    let keys: Vec<&str> = cfg.overwatch.agent_tokens.keys().map(String::as_str).collect();
+    let keys: Vec<&str> = cfg
+        .overwatch
+        .agent_tokens
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys, ["api.example.com", "www.example.com"]);
 
     std::fs::write(
@@ -226,7 +256,7 @@ fn maps_are_merged_and_a_key_set_twice_names_both_files() {
     assert!(
         issue
             .message
-            .contains(&format!("also at {}:10", main.display())),
+            .contains(&format!("also at {}:11", main.display())),
         "{e}"
     );
 }
@@ -248,7 +278,9 @@ fn other_settings_come_only_from_the_main_file() {
         assert_eq!(issue.file, inc);
         assert_eq!(issue.key, key);
         assert!(
-            issue.message.contains("may only be set in the main config file"),
+            issue
+                .message
+                .contains("may only be set in the main config file"),
             "{e}"
         );
     }
@@ -271,7 +303,10 @@ fn environment_variables_expand_with_defaults_and_name_file_and_line() {
         "gslb.yaml",
         &format!(
             "includes: [env.yaml]\n{}",
-            BASE.replace("dns:\n", "dns:\n  default_ttl: ${OPENGSLB_INCLUDE_TEST_TTL}\n")
+            BASE.replace(
+                "dns:\n",
+                "dns:\n  default_ttl: ${OPENGSLB_INCLUDE_TEST_TTL}\n"
+            )
         ),
         0o600,
     );
@@ -313,10 +348,7 @@ fn expansion_rules() {
     assert_eq!(x("a: $${A} $5 $\n").unwrap(), "a: ${A} $5 $\n");
     assert_eq!(x("# ${NOPE}\na: 1\n").unwrap(), "# ${NOPE}\na: 1\n");
     let issues = x("a: 1\nb: ${NOPE}\nc: ${1BAD}\nd: ${A\n").unwrap_err();
-    let got: Vec<(Option<usize>, &str)> = issues
-        .iter()
-        .map(|i| (i.line, i.key.as_str()))
-        .collect();
+    let got: Vec<(Option<usize>, &str)> = issues.iter().map(|i| (i.line, i.key.as_str())).collect();
     assert_eq!(
         got,
         [(Some(2), "${NOPE}"), (Some(3), "${1BAD}"), (Some(4), "${A")]
@@ -338,7 +370,8 @@ fn main_file_readable_by_others_and_included_file_writable_by_others_are_refused
     let e = err(&main);
     assert_eq!(e.issues()[0].file, main);
     assert!(
-        e.to_string().contains("readable by other users (mode 0644)")
+        e.to_string()
+            .contains("readable by other users (mode 0644)")
             && e.to_string().contains("chmod o-rwx"),
         "{e}"
     );
@@ -349,7 +382,8 @@ fn main_file_readable_by_others_and_included_file_writable_by_others_are_refused
     assert_eq!(e.issues().len(), 1, "{e}");
     assert_eq!(e.issues()[0].file, inc);
     assert!(
-        e.to_string().contains("writable by other users (mode 0666)")
+        e.to_string()
+            .contains("writable by other users (mode 0666)")
             && e.to_string().contains("chmod o-w"),
         "{e}"
     );
