@@ -4,7 +4,7 @@ and the amplification measurement (docs/security.md). Standard library only;
 every loop is bounded in time and count, and every address must be loopback.
 
   abuse_tools.py slow-tcp   --port P --conns N --secs S
-  abuse_tools.py malformed  --port P --secs S [--src ADDR] [--max N]
+  abuse_tools.py malformed  --port P --secs S [--src ADDR] [--max N] [--rate PPS]
   abuse_tools.py randnames  --zone gslb.test --count N > file
   abuse_tools.py amplification --port P --queries FILE [--names FILE] [--edns SIZE] [--do]
 """
@@ -114,7 +114,12 @@ def malformed(args):
     ]
     stop = time.monotonic() + args.secs
     sent = 0
+    start = time.monotonic()
     while time.monotonic() < stop and sent < args.max:
+        if args.rate and sent % 64 == 0:
+            ahead = sent / args.rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
         try:
             s.sendto(random.choice(cases)(), (host, args.port))
             sent += 1
@@ -212,6 +217,7 @@ def main():
     a.add_argument("--secs", type=float, required=True)
     a.add_argument("--src")
     a.add_argument("--max", type=int, default=50_000_000)
+    a.add_argument("--rate", type=int, default=0, help="datagrams per second (0 = as fast as possible)")
     a = sub.add_parser("randnames")
     a.add_argument("--zone", default="gslb.test")
     a.add_argument("--count", type=int, default=100_000)

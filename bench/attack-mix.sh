@@ -5,7 +5,9 @@
 #   - random-subdomain flood: dnsperf at its ceiling (no -Q) from 127.1.0.1,
 #     a generated file of 100,000 random names below gslb.test (NXDOMAIN);
 #   - slow TCP: 2 x the TCP cap of connections trickling one octet per 100 ms;
-#   - malformed datagrams from 127.2.0.1 (abuse_tools.py malformed);
+#   - malformed datagrams from 127.2.0.1 (abuse_tools.py malformed) at
+#     MALFORMED_PPS (9,000/s: about a quarter of all UDP packets here; the
+#     report gives the measured share);
 #   - the legitimate streams from 127.0.0.1: dnsperf UDP at 2,000 qps with
 #     the shared bench query mix, and dnsperf TCP at 200 qps;
 #
@@ -15,8 +17,10 @@
 # dataplane survived. Everything is bounded by SECONDS and stays on loopback.
 #
 # The server is bench/serve.sh with OPENGSLB_BENCH_DEFENCES=mix: the defaults
-# (RRL 50/s per /24, slip 2, cookies on) except that only 127.0.0.1 is exempt
-# from RRL, and a TCP cap of 64 (OPENGSLB_BENCH_TCP_CAP). 2 dataplane workers.
+# (RRL 50/s per /24, slip 2, cookies on) except that the legitimate client
+# and the flood are exempt from RRL (the flood must reach the server at full
+# rate, as one from many spoofed networks would; the malformed sender is
+# limited), and a TCP cap of 64 (OPENGSLB_BENCH_TCP_CAP). 2 dataplane workers.
 # Environment: OPENGSLB_BIN (release binaries, default target/release; built
 # unless NO_BUILD=1), ANCHORS (../shared/bench), PORT (5399), OUT (results dir).
 set -euo pipefail
@@ -65,7 +69,7 @@ echo "dataplane pid $DP, idle RSS $(rss) KiB" | tee "$OUT/report.txt"
 dnsperf -s 127.0.0.1 -p "$PORT" -d "$MIX" -c 4 -Q 2000 -l 3 > "$OUT/baseline.txt" 2>&1
 
 python3 "$HERE/abuse_tools.py" randnames --count 100000 > "$OUT/random-names.txt"
-UDP0=$(metric 'opengslb_dns_queries_total{transport="udp"}')
+UDP0=$(metric 'opengslb_dns_messages_received_total{transport="udp"}')
 
 # The attack, all at once.
 max_rss=0
@@ -73,7 +77,7 @@ dnsperf -a 127.1.0.1 -s 127.0.0.1 -p "$PORT" -d "$OUT/random-names.txt" -c 16 -q
   > "$OUT/flood.txt" 2>&1 & pids+=($!)
 python3 "$HERE/abuse_tools.py" slow-tcp --port "$PORT" --conns $((2 * CAP)) --secs "$SECS" \
   > "$OUT/slow-tcp.txt" 2>&1 & pids+=($!)
-python3 "$HERE/abuse_tools.py" malformed --port "$PORT" --src 127.2.0.1 --secs "$SECS" \
+python3 "$HERE/abuse_tools.py" malformed --port "$PORT" --src 127.2.0.1 --secs "$SECS" --rate "${MALFORMED_PPS:-9000}" \
   > "$OUT/malformed.txt" 2>&1 & pids+=($!)
 sleep 1
 dnsperf -s 127.0.0.1 -p "$PORT" -d "$MIX" -c 4 -Q 2000 -l $((SECS - 2)) > "$OUT/legit-udp.txt" 2>&1 & legit_udp=$!
@@ -94,7 +98,7 @@ field() { awk -v k="$2" 'index($0, k) {print $0}' "$1" | head -1; }
 num() { field "$1" "$2" | awk '{print $3}'; }
 codes() { awk '/Response codes:/ {sub(/.*Response codes: /, ""); print}' "$1"; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", 100 * a / b; else print "n/a" }'; }
-UDP1=$(metric 'opengslb_dns_queries_total{transport="udp"}')
+UDP1=$(metric 'opengslb_dns_messages_received_total{transport="udp"}')
 mal=$(awk '{print $2}' "$OUT/malformed.txt")
 {
   echo "attack: ${SECS}s; TCP cap $CAP; 2 dataplane workers"

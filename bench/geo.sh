@@ -8,11 +8,11 @@
 # 2. One controlplane + dataplane (1 UDP worker, taskset core 0) serve
 #    `plain.geo.test` (round-robin, one address) and `geo.geo.test`
 #    (geolocation over 8 regions, the generated database, ECS on).
-# 3. dnsperf (taskset core 1, `-c 32 -q 200`) runs, interleaved, REPS times
-#    each: plain A with EDNS; geo A with an ECS option of a random /24 drawn
-#    from the database's networks (a new one for each of the SLICES slices
-#    of a run, dnsperf's -E sends one option per run). QPS is summed over
-#    the slices of a run; the ratio is geo/plain of the medians.
+# 3. dnsperf (taskset core 1, `-c 32 -q 200`, EDNS), REPS runs of SLICES
+#    interleaved slice pairs of SECONDS/SLICES each: plain A, then geo A with
+#    an ECS option of a random /24 in the database's IPv4 space (a new one
+#    per slice: dnsperf's -E sends one option per run). A run's QPS is the
+#    mean over its slices; the ratio is geo/plain of the medians.
 #
 # Environment: OPENGSLB_BIN (release binaries, default <repo>/target/release;
 # built when missing), REPS (3), SLICES (4), NETWORKS (420000).
@@ -66,7 +66,7 @@ overwatch:
   grpc_address: "127.0.0.1:$GRPC"
   data_dir: cp-data
   geolocation: {database_path: bench.mmdb, default_region: eu}
-  dnssec: {enabled: false, security_acknowledgment: "benchmark: the anchors serve this zone unsigned"}
+  dnssec: {enabled: false, security_acknowledgment: "I understand that answers will be unsigned and that resolvers cannot detect forged answers"}
 YAML
 chmod 600 "$OUT/gslb.yaml"
 cd "$OUT"
@@ -86,31 +86,34 @@ echo "plain.geo.test A" > plain.txt
 echo "geo.geo.test A" > geo.txt
 # Random /24s inside the database's IPv4 networks (1.0.0.0 up), one per slice.
 subnets() {
-  python3 - "$1" <<'PY'
+  python3 - "$1" "$2" <<'PY'
 import random, sys
 random.seed(int(sys.argv[1]))
-for _ in range(64):
+for _ in range(int(sys.argv[2])):
     a = random.randrange(1 << 24, 0x60000000) & ~0xFF
     print("%08x" % a)
 PY
 }
 qps() { sed -n 's/.*Queries per second: *\([0-9.]*\).*/\1/p' "$1"; }
 echo "== dnsperf: $REPS x (plain, geo+ECS), ${SECS}s each, -c 32 -q 200, server core 0, dnsperf core 1" | tee -a "$OUT/summary.txt"
+slice=$(( SECS / SLICES )); [ "$slice" -ge 1 ] || slice=1
 for rep in $(seq 1 "$REPS"); do
-  taskset -c 1 dnsperf -s 127.0.0.1 -p "$PORT" -d plain.txt -c 32 -q 200 -l "$SECS" -e > "plain-$rep.txt" 2>&1
-  p=$(qps "plain-$rep.txt")
-  slice=$(( SECS / SLICES )); [ "$slice" -ge 1 ] || slice=1
-  total=0
-  i=0
-  for hex in $(subnets "$rep" | head -n "$SLICES"); do
+  # Interleaved slices (plain, then geo with the slice's random /24), so
+  # that the machine's noise falls on both alike.
+  ptotal=0 gtotal=0 i=0
+  for hex in $(subnets "$rep" "$SLICES"); do
     i=$((i+1))
+    taskset -c 1 dnsperf -s 127.0.0.1 -p "$PORT" -d plain.txt -c 32 -q 200 -l "$slice" -e \
+      > "plain-$rep-$i.txt" 2>&1
     # ECS option data: FAMILY 1, SOURCE 24, SCOPE 0, three address octets.
     taskset -c 1 dnsperf -s 127.0.0.1 -p "$PORT" -d geo.txt -c 32 -q 200 -l "$slice" -e \
       -E "8:00011800${hex:0:6}" > "geo-$rep-$i.txt" 2>&1
-    total=$(python3 -c "print($total + $(qps "geo-$rep-$i.txt"))")
+    ptotal=$(python3 -c "print($ptotal + $(qps "plain-$rep-$i.txt"))")
+    gtotal=$(python3 -c "print($gtotal + $(qps "geo-$rep-$i.txt"))")
   done
-  g=$(python3 -c "print(round($total / $i, 1))")
-  printf 'rep %s: plain %s qps, geo+ECS %s qps (mean of %s slices)\n' "$rep" "$p" "$g" "$i" | tee -a "$OUT/summary.txt"
+  p=$(python3 -c "print(round($ptotal / $i, 1))")
+  g=$(python3 -c "print(round($gtotal / $i, 1))")
+  printf 'rep %s: plain A %s qps, geo+ECS %s qps (means of %s interleaved %ss slices)\n' "$rep" "$p" "$g" "$i" "$slice" | tee -a "$OUT/summary.txt"
   printf '%s\t%s\t%s\n' "$rep" "$p" "$g" >> runs.tsv
 done
 python3 - runs.tsv <<'PY' | tee -a "$OUT/summary.txt"

@@ -11,7 +11,9 @@
 #             answers, which counts the controlplane's start, its YAML parse
 #             and compile, the stream, and the dataplane's decode, validation,
 #             compile and swap. The dataplane's own log adds how long it took
-#             from the full snapshot's arrival to serving it (`applied_ms`).
+#             from the decoded snapshot's arrival to serving it (`served_ms`:
+#             validated, compiled, swapped in; every name answers from then)
+#             and to having also written the cache (`applied_ms`, fsync).
 #   dp-cache  the dataplane alone, restarted on the snapshot cache the
 #             opengslb start wrote (`snapshot.bin`, the same bytes the
 #             stream carried) with no controlplane reachable: exec -> last
@@ -76,7 +78,7 @@ wait_answer() {
 }
 stop() { kill -TERM "$1" 2>/dev/null || true; for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done; kill -KILL "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-printf 'rep\tserver\tstart_s\trss_kb\tcp_rss_kb\tapplied_ms\n' > "$OUT/load.tsv"
+printf 'rep\tserver\tstart_s\trss_kb\tcp_rss_kb\tserved_ms\tapplied_ms\n' > "$OUT/load.tsv"
 for rep in $(seq 1 "$REPS"); do
   # knot
   run=$WORK/run-knot-$rep; mkdir -p "$run/db"
@@ -84,7 +86,7 @@ for rep in $(seq 1 "$REPS"); do
       -e "s|@ZONEDIR@|$ZD|g" "$ANCHORS/configs/knot.conf.in" > "$run/knot.conf"
   T0=$(now); taskset -c 0 knotd -c "$run/knot.conf" > "$run/log" 2>&1 & pid=$!; PIDS+=("$pid")
   s=$(wait_answer "$pid"); sleep 0.5; r=$(rss "$pid"); stop "$pid"
-  printf '%s\tknot\t%s\t%s\tNA\tNA\n' "$rep" "$s" "$r" | tee -a "$OUT/load.tsv"
+  printf '%s\tknot\t%s\t%s\tNA\tNA\tNA\n' "$rep" "$s" "$r" | tee -a "$OUT/load.tsv"
 
   # opengslb, as the harness starts it (info logs, for the dataplane's own time)
   run=$WORK/run-og-$rep; mkdir -p "$run"
@@ -92,8 +94,10 @@ for rep in $(seq 1 "$REPS"); do
   s=$(wait_answer "$pid"); sleep 0.5; r=$(rss "$pid"); c=$(rss "$(cat "$run/cp.pid")")
   applied=$(grep -a 'snapshot applied' "$run/server.log" | head -1 | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'elapsed_us=[0-9]*' | cut -d= -f2)
   applied=$(awk -v u="${applied:-}" 'BEGIN{ if (u == "") print "NA"; else printf "%.1f", u/1000 }')
+  served=$(grep -a 'serving snapshot' "$run/server.log" | head -1 | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'compile_us=[0-9]*' | cut -d= -f2)
+  served=$(awk -v u="${served:-}" 'BEGIN{ if (u == "") print "NA"; else printf "%.1f", u/1000 }')
   stop "$pid"
-  printf '%s\topengslb\t%s\t%s\t%s\t%s\n' "$rep" "$s" "$r" "$c" "$applied" | tee -a "$OUT/load.tsv"
+  printf '%s\topengslb\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$s" "$r" "$c" "$served" "$applied" | tee -a "$OUT/load.tsv"
   cp "$run/cp.log" "$OUT/cp-$rep.log" 2>/dev/null || true; cp "$run/server.log" "$OUT/dp-$rep.log"
 
   # the dataplane alone, from the snapshot cache that start wrote
@@ -102,14 +106,14 @@ for rep in $(seq 1 "$REPS"); do
   taskset -c 0 "$BIN/opengslb-dataplane" --config "$run/dataplane.json" --listen "127.0.0.1:$PORT" --workers 1 \
     --controlplane 127.0.0.1:1 --cache-dir "$run/dp-cache" --log-level error --log-format text > "$run/cache.log" 2>&1 & pid=$!; PIDS+=("$pid")
   s=$(wait_answer "$pid"); sleep 0.5; r=$(rss "$pid"); stop "$pid"
-  printf '%s\tdp-cache\t%s\t%s\tNA\tNA\n' "$rep" "$s" "$r" | tee -a "$OUT/load.tsv"
+  printf '%s\tdp-cache\t%s\t%s\tNA\tNA\tNA\n' "$rep" "$s" "$r" | tee -a "$OUT/load.tsv"
   rm -rf "$run"
 done
 
 echo
 echo "names=$NAMES probe=$PROBE snapshot.bin from the last opengslb start; medians of $REPS:"
-awk -F'\t' 'NR>1{k=$2; n[k]++; s[k,n[k]]=$3; r[k,n[k]]=$4; c[k,n[k]]=$5; a[k,n[k]]=$6}
+awk -F'\t' 'NR>1{k=$2; n[k]++; s[k,n[k]]=$3; r[k,n[k]]=$4; c[k,n[k]]=$5; v[k,n[k]]=$6; a[k,n[k]]=$7}
   function med(arr,k,   i,j,t,v,m){m=n[k]; for(i=1;i<=m;i++)v[i]=arr[k,i]; for(i=1;i<=m;i++)for(j=i+1;j<=m;j++)if(v[j]+0<v[i]+0){t=v[i];v[i]=v[j];v[j]=t}; return v[int((m+1)/2)]}
-  END{printf "%-9s %9s %10s %12s %11s\n","server","start_s","RSS MiB","cp RSS MiB","applied_ms";
-    for(k in n){cr=med(c,k); printf "%-9s %9s %10.1f %12s %11s\n",k,med(s,k),med(r,k)/1024,(cr=="NA"?"":sprintf("%.1f",cr/1024)),(med(a,k)=="NA"?"":med(a,k))}}' "$OUT/load.tsv" | tee "$OUT/summary.txt"
+  END{printf "%-9s %9s %10s %12s %10s %11s\n","server","start_s","RSS MiB","cp RSS MiB","served_ms","applied_ms";
+    for(k in n){cr=med(c,k); printf "%-9s %9s %10.1f %12s %10s %11s\n",k,med(s,k),med(r,k)/1024,(cr=="NA"?"":sprintf("%.1f",cr/1024)),(med(v,k)=="NA"?"":med(v,k)),(med(a,k)=="NA"?"":med(a,k))}}' "$OUT/load.tsv" | tee "$OUT/summary.txt"
 echo "raw: $OUT"

@@ -40,9 +40,11 @@ case "${OPENGSLB_BENCH_DEFENCES:-}" in
   cookies: {enabled: true, secret_file: cookie.secret}" ;;
   off) DEFENCES="  rrl: {enabled: false}
   cookies: {enabled: false}" ;;
-  # attack-mix.sh: defaults, but only the legitimate client (127.0.0.1) is
-  # exempt from RRL, and a TCP cap small enough to attack with 2 x cap.
-  mix) DEFENCES="  rrl: {exempt: [127.0.0.1/32]}
+  # attack-mix.sh: defaults, but RRL exempts the legitimate client
+  # (127.0.0.1) and the flood (127.1/16, so it runs at full rate, as one from
+  # many spoofed networks would), not the malformed sender (127.2.0.1); and
+  # a TCP cap small enough to attack with 2 x cap.
+  mix) DEFENCES="  rrl: {exempt: [127.0.0.1/32, 127.1.0.0/16]}
   tcp: {max_connections: ${OPENGSLB_BENCH_TCP_CAP:-64}}
   cookies: {secret_file: cookie.secret}" ;;
   *) echo "serve.sh: OPENGSLB_BENCH_DEFENCES must be default, on, off or mix" >&2; exit 2 ;;

@@ -550,6 +550,9 @@ fn merge_siblings(sorted: Vec<Range>, bits: u32) -> Vec<Range> {
     out
 }
 
+/// A file's size and modification time.
+type FileStamp = (u64, Option<std::time::SystemTime>);
+
 /// How often the GeoIP database file is checked for a change.
 pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -562,7 +565,7 @@ pub async fn watch_database(state: Arc<crate::server::State>) {
             .ok()
             .map(|m| (m.len(), m.modified().ok()))
     };
-    let mut seen: Option<(PathBuf, Option<(u64, Option<std::time::SystemTime>)>)> = None;
+    let mut seen: Option<(PathBuf, Option<FileStamp>)> = None;
     loop {
         let path = state
             .config

@@ -317,6 +317,8 @@ impl Overwatch {
     /// every agent's backends and signals laid over it. Counts vetoes on
     /// entry and sets the per-authority gauge.
     pub fn view(&self, cfg: &Config, health: &Health, inner: View) -> AgentView {
+        // Agents come and go between compiles: probe exactly those left.
+        self.sync_validation(cfg);
         let decisions = self.decisions(cfg, health);
         let mut vetoed = HashSet::new();
         let mut by_addr: HashMap<IpAddr, Decision> = HashMap::new();

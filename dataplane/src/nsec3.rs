@@ -107,7 +107,7 @@ impl Chain {
         if entries.is_empty() {
             return Err(bad("empty chain"));
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|e| e.0);
         if entries.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(bad("two records for one hash"));
         }

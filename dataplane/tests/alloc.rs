@@ -243,7 +243,6 @@ fn fixture() -> proto::Snapshot {
             edns_udp_size: 1232,
             ecs_enabled: true,
         }),
-        ..Default::default()
     }
 }
 

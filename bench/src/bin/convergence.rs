@@ -153,6 +153,11 @@ fn run(bins: &Path, dir: &Path, cycles: usize, n: usize) -> Result<()> {
         std::fs::create_dir_all(&sub)?;
         let cfg = sub.join("gslb.yaml");
         std::fs::write(&cfg, text)?;
+        // The controlplane refuses a config readable by other users.
+        std::fs::set_permissions(
+            &cfg,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )?;
         let out = Command::new(bins.join("opengslb-controlplane"))
             .arg("--config")
             .arg(&cfg)

@@ -445,3 +445,44 @@ fn revocation_by_cli_cuts_the_agent_off() {
     assert!(agent.log().contains("revoked"), "{}", agent.log());
     drop(backend);
 }
+
+#[test]
+fn agent_config_errors_name_file_and_line_and_gossip_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |text: &str| {
+        let f = dir.path().join("agent.yaml");
+        std::fs::write(&f, text).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let out = Command::new(bin("opengslb-agent"))
+            .arg("--config")
+            .arg(&f)
+            .arg("--validate")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = format!(
+        "agent:\n  identity: {{service_token: \"{AGENT_TOKEN}\"}}\n  controlplanes: [\"127.0.0.1:7946\"]\n  backends:\n    - {{service: www.example.com, address: 127.0.0.1, port: 8080}}\n"
+    );
+    assert_eq!(run(&good).0, Some(0));
+    let (code, err) = run(&format!(
+        "{good}gossip:\n  overwatch_nodes: [\"10.0.0.1:7946\"]\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("migrating-from-gossip"), "{err}");
+    let (code, err) = run(&good.replace("port: 8080}", "port: 8080, colour: red}"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("agent.yaml:5"), "{err}");
+    let (code, err) = run(&good.replace(AGENT_TOKEN, "short"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("service_token"), "{err}");
+    let (code, err) = run(&good.replace("[\"127.0.0.1:7946\"]", "[\"no-port\"]"));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("agent.controlplanes[0]"), "{err}");
+}

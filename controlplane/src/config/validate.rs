@@ -499,15 +499,15 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
             ),
         );
     }
-    if let Some(ks) = sec.key_sync.as_ref().filter(|k| !k.peers.is_empty()) {
-        if ks.token_file.is_none() {
-            r.at(
-                "overwatch.dnssec.key_sync.token_file",
-                "key sync needs token_file: the bearer token presented to the peers' REST APIs",
-            );
-        }
+    // Key sync: peers must be URLs; what cannot work (an https:// peer, no
+    // token_file) fails each poll at run time, visibly (status, metrics),
+    // without stopping signing.
+    if let Some(ks) = &sec.key_sync {
         for (i, p) in ks.peers.iter().enumerate() {
-            if !p.starts_with("http://") || p.len() <= "http://".len() {
+            let rest = p
+                .strip_prefix("http://")
+                .or_else(|| p.strip_prefix("https://"));
+            if rest.is_none_or(str::is_empty) {
                 r.at(
                     &format!("overwatch.dnssec.key_sync.peers[{i}]"),
                     format!("{p:?}: expected a peer REST API URL, http://HOST:PORT"),

@@ -132,7 +132,7 @@ pub fn build_chain(
         types.push(rtype::RRSIG);
         entries.push((hash(&apex), types));
     }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.sort_by_key(|e| e.0);
     entries.dedup_by(|a, b| a.0 == b.0);
     let mut records = Vec::with_capacity(entries.len());
     for i in 0..entries.len() {

@@ -243,7 +243,11 @@ async fn stale_after_missed_heartbeats_then_removed() {
         permille: 1000,
         reason: String::new(),
     };
-    assert!(r.heartbeat(s, "fp", 1, &[up.clone()], t0).unwrap().changed);
+    assert!(
+        r.heartbeat(s, "fp", 1, std::slice::from_ref(&up), t0)
+            .unwrap()
+            .changed
+    );
     tokio::time::advance(Duration::from_millis(2900)).await;
     assert_eq!(
         r.sweep(Instant::now(), Duration::from_secs(300))
