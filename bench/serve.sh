@@ -53,7 +53,7 @@ esac
 # The anchors serve the zone unsigned: so does OpenGSLB here, unless
 # OPENGSLB_BENCH_DNSSEC=on (then every name carries its RRSIGs and NSEC).
 case "${OPENGSLB_BENCH_DNSSEC:-off}" in
-  off) DNSSEC="  dnssec: {enabled: false, security_acknowledgment: \"benchmark: the anchors serve this zone unsigned\"}" ;;
+  off) DNSSEC="  dnssec: {enabled: false, security_acknowledgment: \"I understand that answers will be unsigned and that resolvers cannot detect forged answers\"}" ;;
   on)  DNSSEC="" ;;
   *) echo "serve.sh: OPENGSLB_BENCH_DNSSEC must be on or off" >&2; exit 2 ;;
 esac
