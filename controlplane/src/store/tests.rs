@@ -190,3 +190,39 @@ async fn unreachable_postgres_is_a_clear_error() {
     assert!(err.contains("postgres://127.0.0.1:1/db"), "{err}");
     assert!(!err.contains("secret"), "{err}");
 }
+
+#[tokio::test]
+async fn locked_sqlite_is_a_clear_start_up_error() {
+    use sqlx::{Connection, Executor};
+    let (dir, url) = sqlite_url();
+    let path = dir.path().join("db/opengslb.db");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Another process holds the database file exclusively (rollback
+    // journal, so even readers wait).
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .unwrap()
+        .create_if_missing(true);
+    let mut holder = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    holder
+        .execute("CREATE TABLE hold (x INTEGER)")
+        .await
+        .unwrap();
+    holder.execute("BEGIN EXCLUSIVE").await.unwrap();
+    holder.execute("INSERT INTO hold VALUES (1)").await.unwrap();
+
+    let started = std::time::Instant::now();
+    let err = match Store::open(&url).await {
+        Ok(_) => panic!("a locked database must not open"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("opengslb.db"), "{err}");
+    assert!(err.contains("locked"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+
+    // Released, the same file opens and migrates.
+    holder.execute("ROLLBACK").await.unwrap();
+    holder.close().await.unwrap();
+    Store::open(&url).await.unwrap();
+}
