@@ -4,7 +4,7 @@ and the amplification measurement (docs/security.md). Standard library only;
 every loop is bounded in time and count, and every address must be loopback.
 
   abuse_tools.py slow-tcp   --port P --conns N --secs S
-  abuse_tools.py malformed  --port P --secs S [--src ADDR] [--max N] [--rate PPS]
+  abuse_tools.py malformed  --port P --secs S [--src ADDR] [--max N] [--rate PPS | --share F --metrics H:P]
   abuse_tools.py randnames  --zone gslb.test --count N > file
   abuse_tools.py amplification --port P --queries FILE [--names FILE] [--edns SIZE] [--do]
 """
@@ -115,8 +115,23 @@ def malformed(args):
     stop = time.monotonic() + args.secs
     sent = 0
     start = time.monotonic()
+    # --share: follow the server's own UDP counter, so that these datagrams
+    # stay at least SHARE of all UDP it receives whatever the other streams
+    # do (polled every 0.1 s from the loopback metrics endpoint).
+    udp0 = udp_received(args.metrics) if args.share else None
+    target, next_poll = 0, 0.0
     while time.monotonic() < stop and sent < args.max:
-        if args.rate and sent % 64 == 0:
+        if udp0 is not None and sent % 64 == 0:
+            now = time.monotonic()
+            if now >= next_poll:
+                udp = udp_received(args.metrics)
+                others = max(0, (udp if udp is not None else udp0) - udp0 - sent)
+                target = int(others * args.share / (1 - args.share)) + 64
+                next_poll = now + 0.1
+            if sent >= target:
+                time.sleep(max(0.0, min(next_poll, stop) - time.monotonic()))
+                continue
+        elif args.rate and sent % 64 == 0:
             ahead = sent / args.rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
@@ -134,6 +149,23 @@ def malformed(args):
         except OSError:
             pass
     print(f"malformed: {sent} datagrams in {args.secs}s", flush=True)
+
+
+def udp_received(metrics):
+    """The dataplane's opengslb_dns_messages_received_total for UDP, read
+    from its metrics endpoint (a loopback host:port); None if unreadable."""
+    import urllib.request
+
+    host, _, port = metrics.rpartition(":")
+    loopback(host)
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=1) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith('opengslb_dns_messages_received_total{transport="udp"}'):
+                    return int(float(line.split()[-1]))
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def randnames(args):
@@ -218,6 +250,10 @@ def main():
     a.add_argument("--src")
     a.add_argument("--max", type=int, default=50_000_000)
     a.add_argument("--rate", type=int, default=0, help="datagrams per second (0 = as fast as possible)")
+    a.add_argument("--share", type=float, default=0.0,
+                   help="instead of --rate: keep these datagrams at this share (0..0.9) of all UDP the "
+                        "server receives, read from --metrics")
+    a.add_argument("--metrics", default="127.0.0.1:5400", help="the dataplane's metrics host:port (loopback)")
     a = sub.add_parser("randnames")
     a.add_argument("--zone", default="gslb.test")
     a.add_argument("--count", type=int, default=100_000)
@@ -231,6 +267,8 @@ def main():
     a.add_argument("--do", action="store_true")
     args = p.parse_args()
     args.secs = min(getattr(args, "secs", 0), 120) if hasattr(args, "secs") else None
+    if getattr(args, "share", 0) and not 0 < args.share <= 0.9:
+        sys.exit("--share must be in (0, 0.9]")
     {"slow-tcp": slow_tcp, "malformed": malformed, "randnames": randnames,
      "amplification": amplification}[args.cmd](args)
 

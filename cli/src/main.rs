@@ -56,7 +56,7 @@ enum Cmd {
         /// Only this region.
         #[arg(long)]
         region: Option<String>,
-        /// Only `healthy` or `unhealthy` servers.
+        /// Only `healthy`, `unhealthy` or `stale` servers.
         #[arg(long)]
         status: Option<String>,
     },

@@ -404,3 +404,6 @@ fn override_message(o: OverrideView) -> Override {
         created_unix: o.created_at_unix_ms / 1000,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -126,6 +126,49 @@ impl App {
     }
 }
 
+// === shared-store geo mappings ===
+
+impl App {
+    /// Re-reads the runtime geo mappings (another controlplane sharing the
+    /// store may have changed them) and, when they differ from the cached
+    /// ones, publishes the new geo table. Whether anything changed.
+    pub async fn refresh_geo(&self) -> Result<bool, ApiError> {
+        let state = self.state()?;
+        let _w = self.geo_writer().await;
+        let rows = state.store.geo_mappings().await?;
+        if *self.geo_mappings() == rows {
+            return Ok(false);
+        }
+        *self
+            .inner
+            .geo
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(rows.clone());
+        state
+            .set_geo_mappings(rows)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("publishing the geo table: {e}")))?;
+        Ok(true)
+    }
+}
+
+/// Follows runtime geo mappings changed by other controlplanes sharing the
+/// store, like [`crate::overrides::follow`] does for overrides: re-reads
+/// them every [`crate::overrides::FOLLOW_EVERY`] and publishes the geo table
+/// when they changed. A store error is logged; the last table keeps serving.
+pub async fn follow_geo(app: App) {
+    let mut tick = tokio::time::interval(crate::overrides::FOLLOW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match app.refresh_geo().await {
+            Ok(true) => tracing::info!("shared geo mappings changed; geo table published"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "re-reading shared geo mappings failed"),
+        }
+    }
+}
+
 /// Binds the REST listener (before the first health round, so the address
 /// is checked early and `/api/v1/ready` can say 503 meanwhile).
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

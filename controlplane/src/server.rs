@@ -243,12 +243,12 @@ impl State {
         self.health.settle(&added).await;
         {
             let old = self.config.lock().await;
-            if old.dns.listen_address != cfg.dns.listen_address
-                || old.overwatch.grpc_address != cfg.overwatch.grpc_address
-                || old.metrics.address != cfg.metrics.address
-                || old.metrics.enabled != cfg.metrics.enabled
-            {
-                tracing::warn!("listen addresses changed; they take effect after a restart");
+            let changed = listeners_changed(&old, &cfg);
+            if !changed.is_empty() {
+                tracing::warn!(
+                    settings = %changed.join(", "),
+                    "listen addresses changed; they take effect after a restart"
+                );
             }
         }
         let cfg = Arc::new(cfg);
@@ -271,6 +271,40 @@ impl State {
         );
         Ok(generation)
     }
+}
+
+/// The listener settings that differ between `old` and `new`; a reload
+/// cannot apply them (they take effect after a restart).
+pub fn listeners_changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, name: &'static str| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check(
+        old.dns.listen_address != new.dns.listen_address,
+        "dns.listen_address",
+    );
+    check(
+        old.overwatch.grpc_address != new.overwatch.grpc_address,
+        "overwatch.grpc_address",
+    );
+    check(
+        old.overwatch.agent_listen != new.overwatch.agent_listen,
+        "overwatch.agent_listen",
+    );
+    check(old.api.address != new.api.address, "api.address");
+    check(old.api.enabled != new.api.enabled, "api.enabled");
+    check(
+        old.metrics.address != new.metrics.address,
+        "metrics.address",
+    );
+    check(
+        old.metrics.enabled != new.metrics.enabled,
+        "metrics.enabled",
+    );
+    changed
 }
 
 /// Reads `overwatch.geolocation.database_path`, when set.
@@ -400,6 +434,8 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     app.set_state(state.clone()).await?;
     let follower = (state.store.engine() == "postgres")
         .then(|| tokio::spawn(crate::overrides::follow(state.clone())));
+    let geo_follower =
+        (state.store.engine() == "postgres").then(|| tokio::spawn(api::follow_geo(app.clone())));
     let metrics_server = metrics_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "metrics listening");
         tokio::spawn(metrics::serve(l, metrics, state.stream.clone()))
@@ -426,7 +462,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     recompiler.abort();
     key_sync.abort();
     geo_watch.abort();
-    for task in [api_server, follower].into_iter().flatten() {
+    for task in [api_server, follower, geo_follower].into_iter().flatten() {
         task.abort();
     }
     if let Some(m) = metrics_server {
@@ -539,5 +575,54 @@ mod tests {
         let mut v = Versions::new(0);
         let (_, s) = v.advance();
         assert!(s > 1_700_000_000, "serial follows the clock: {s}");
+    }
+
+    #[test]
+    fn every_listener_change_is_named_for_a_restart() {
+        let base = r#"
+dns:
+  listen_address: "127.0.0.1:5353"
+  zones: [gslb.test]
+regions:
+  - name: local
+    servers:
+      - {address: 192.0.2.1, port: 80}
+    health_check: {type: none}
+domains:
+  - {name: www.gslb.test, regions: [local]}
+"#;
+        let parse = |extra: &str| {
+            config::parse(&format!("{base}{extra}"), std::path::Path::new("gslb.yaml")).unwrap()
+        };
+        let old = parse("");
+        assert!(listeners_changed(&old, &parse("")).is_empty());
+        // A change that is not a listener needs no restart.
+        let not_listener = parse("api:\n  trust_proxy_headers: true\n");
+        assert!(listeners_changed(&old, &not_listener).is_empty());
+        for (extra, name) in [
+            ("api:\n  address: \"127.0.0.1:18080\"\n", "api.address"),
+            ("api:\n  enabled: false\n", "api.enabled"),
+            (
+                "metrics:\n  address: \"127.0.0.1:19090\"\n",
+                "metrics.address",
+            ),
+            (
+                "overwatch:\n  agent_listen: \"127.0.0.1:17946\"\n",
+                "overwatch.agent_listen",
+            ),
+            (
+                "overwatch:\n  grpc_address: \"127.0.0.1:19443\"\n",
+                "overwatch.grpc_address",
+            ),
+        ] {
+            let new = parse(extra);
+            assert_eq!(listeners_changed(&old, &new), vec![name], "{extra}");
+        }
+        let moved = config::parse(
+            &base.replace("127.0.0.1:5353", "127.0.0.1:5354"),
+            std::path::Path::new("gslb.yaml"),
+        )
+        .unwrap();
+        assert_eq!(listeners_changed(&old, &moved), vec!["dns.listen_address"]);
     }
 }

@@ -3,9 +3,14 @@
 //! Each worker owns one [`Rrl`]: a fixed power-of-two table of token
 //! buckets keyed by a hash of (client network, response kind). Nothing is
 //! shared between workers and nothing grows: a flood from random spoofed
-//! sources only overwrites buckets (a colliding key takes the slot over with
-//! a fresh bucket), so memory is [`TABLE`] × 32 octets per worker whatever
-//! arrives. The kernel spreads a client over workers by its 4-tuple, so the
+//! sources only overwrites buckets, so memory is [`TABLE`] × 32 octets per
+//! worker whatever arrives. A colliding key takes a slot over with a fresh
+//! bucket only if the owner is not limited (its balance, refilled to now, is
+//! not negative); a limited owner keeps its slot and the newcomer is charged
+//! to it until the debt is paid back, so a flood of random sources cannot
+//! evict an offender into freedom (a legitimate client that collides with an
+//! offender, one chance in [`TABLE`], is limited with it and gets the
+//! `slip`-ped TC=1 replies, so it retries over TCP). The kernel spreads a client over workers by its 4-tuple, so the
 //! effective limit per network is at most `responses_per_second` × workers
 //! for a client that varies its source port; a spoofed flood from one port
 //! lands on one worker.
@@ -276,7 +281,16 @@ impl Rrl {
         let Some(b) = self.table.get_mut(slot) else {
             return Verdict::Send;
         };
-        if b.tag != tag {
+        let elapsed = i64::from(now.wrapping_sub(b.last_ms));
+        let refilled = b
+            .balance
+            .saturating_add(elapsed.saturating_mul(self.rate))
+            .min(self.rate * UNIT);
+        // A colliding key takes the slot over only while its owner is not
+        // limited; a bucket in debt keeps its owner (and charges the
+        // newcomer to it) until the debt is paid back, so a flood from
+        // random sources cannot evict an offender into a fresh bucket.
+        if b.tag != tag && (b.tag == 0 || refilled >= 0) {
             *b = Bucket {
                 tag,
                 balance: self.rate * UNIT,
@@ -285,13 +299,11 @@ impl Rrl {
                 logged_ms: 0,
             };
         } else {
-            let elapsed = i64::from(now.wrapping_sub(b.last_ms));
             b.last_ms = now;
-            b.balance = b
-                .balance
-                .saturating_add(elapsed.saturating_mul(self.rate))
-                .min(self.rate * UNIT);
+            b.balance = refilled;
         }
+        // False only for a newcomer charged to a limited owner's bucket.
+        let owner = b.tag == tag;
         let was = b.balance;
         b.balance = (b.balance - UNIT).max(self.floor);
         if b.balance >= 0 {
@@ -307,7 +319,9 @@ impl Rrl {
         // A network that just crossed into the limit, or one still limited
         // whose last line is an interval old.
         let logged = b.logged_ms;
-        if was >= 0 || u64::from(now.wrapping_sub(logged)) >= self.log_interval_ms {
+        // Only the owner's network is logged: a newcomer sharing an
+        // offender's bucket is not the offender.
+        if owner && (was >= 0 || u64::from(now.wrapping_sub(logged)) >= self.log_interval_ms) {
             self.note_limited(slot, net, v6, kind, now_ms);
         }
         verdict
@@ -470,13 +484,92 @@ mod tests {
         assert_eq!(burst(&mut off, "10.0.0.1", Kind::Answer, 100, 0).0, 100);
     }
 
-    #[test]
-    fn table_is_bounded() {
-        let mut r = Rrl::new(&settings(1, 2, &[]), 7);
-        for i in 0..100_000u32 {
-            r.check(IpAddr::from((i << 8).to_be_bytes()), Kind::Answer, 0);
+    /// Runs an offender (already limited) at one response per ms for 2 s,
+    /// with `flood` random spoofed sources per ms beside it; returns the
+    /// offender's verdicts.
+    fn offender_under_flood(r: &mut Rrl, flood: usize) -> Vec<Verdict> {
+        let offender = ip("198.51.100.7");
+        assert_eq!(burst(r, "198.51.100.7", Kind::Answer, 1_000, 0).0, 5);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut out = Vec::new();
+        for t in 1..=2_000u64 {
+            for i in 0..flood {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let kind = [Kind::Answer, Kind::NxDomain, Kind::Error][i % 3];
+                let src = if x & 1 == 0 {
+                    IpAddr::from(((x >> 16) as u32).to_be_bytes())
+                } else {
+                    IpAddr::from(u128::from(x).rotate_left(64).to_be_bytes())
+                };
+                r.check(src, kind, t);
+            }
+            out.push(r.check(offender, Kind::Answer, t));
         }
-        assert_eq!(r.table.len(), TABLE);
+        out
+    }
+
+    #[test]
+    fn random_source_flood_neither_grows_the_table_nor_frees_an_offender() {
+        let mut quiet = Rrl::new(&settings(5, 2, &[]), 7);
+        let expected = offender_under_flood(&mut quiet, 0);
+        let mut r = Rrl::new(&settings(5, 2, &[]), 7);
+        let (ptr, len) = (r.table.as_ptr(), r.table.len());
+        // 200,000 random spoofed networks (v4 and v6, all kinds) in 2 s.
+        let got = offender_under_flood(&mut r, 100);
+        // Same storage: nothing was allocated or grown.
+        assert_eq!((r.table.as_ptr(), r.table.len()), (ptr, TABLE));
+        assert_eq!(len, TABLE);
+        // The flood overwrote most of the table...
+        let fresh = r.table.iter().filter(|b| b.tag != 0).count();
+        assert!(fresh > TABLE * 9 / 10, "{fresh} of {TABLE} buckets used");
+        // ...but the offender stays limited throughout, as without it: not
+        // one response in full. (Sources that land on its bucket share it,
+        // so only the slip phase may differ; roughly every 2nd still slips.)
+        assert!(expected
+            .iter()
+            .all(|v| *v == Verdict::Slip || *v == Verdict::Drop));
+        assert_eq!(
+            expected.iter().filter(|v| **v == Verdict::Slip).count(),
+            1_000
+        );
+        assert!(got.iter().all(|v| *v != Verdict::Send));
+        let slips = got.iter().filter(|v| **v == Verdict::Slip).count();
+        assert!((600..=1_400).contains(&slips), "{slips} slips");
+    }
+
+    #[test]
+    fn newcomer_takes_over_only_a_bucket_that_is_not_in_debt() {
+        let mut r = Rrl::new(&settings(5, 0, &[]), 7);
+        let offender = ip("198.51.100.7");
+        let net = 0xc633_6400u128; // 198.51.100.0
+        let tag = r.hash(net, false, Kind::Answer) | 1;
+        let slot = (tag >> 32) as usize & (TABLE - 1);
+        // Find another /24 that lands in the same slot.
+        let other = (1u32..)
+            .map(|i| i << 8)
+            .find(|n| {
+                let t = r.hash(u128::from(*n), false, Kind::Answer) | 1;
+                t != tag && (t >> 32) as usize & (TABLE - 1) == slot
+            })
+            .unwrap();
+        let other = IpAddr::from(other.to_be_bytes());
+        // Not limited: the newcomer takes the slot over with a full bucket.
+        assert_eq!(r.check(offender, Kind::Answer, 0), Verdict::Send);
+        assert_eq!(r.check(other, Kind::Answer, 0), Verdict::Send);
+        assert_ne!(r.table[slot].tag, tag);
+        // Limited: the offender keeps its slot and the newcomer shares it.
+        let mut r = Rrl::new(&settings(5, 0, &[]), 7);
+        for _ in 0..20 {
+            r.check(offender, Kind::Answer, 0);
+        }
+        assert_eq!(r.check(other, Kind::Answer, 1), Verdict::Drop);
+        assert_eq!(r.table[slot].tag, tag);
+        assert_eq!(r.check(offender, Kind::Answer, 2), Verdict::Drop);
+        // Once the debt is paid back (16 responses at 5/s), it can go.
+        assert_eq!(r.check(other, Kind::Answer, 4_000), Verdict::Send);
+        assert_ne!(r.table[slot].tag, tag);
     }
 
     #[test]
@@ -526,7 +619,18 @@ mod tests {
         r.check(ip("192.0.2.1"), Kind::Answer, 60_010);
         r.check(ip("192.0.2.1"), Kind::Answer, 60_010);
         let next = r.take_log().expect("a new interval logs again");
-        assert_eq!(next.suppressed, 5_000 - u64::from(LOG_LINES_PER_INTERVAL));
+        // Each limited network that owns its bucket counts; one that lands
+        // on an offender's bucket shares it and is not logged as itself.
+        let mut owned = std::collections::HashSet::new();
+        for i in 0..5_000u32 {
+            let tag = r.hash(u128::from(0x0a00_0000 | i << 8), false, Kind::Answer) | 1;
+            owned.insert((tag >> 32) as usize & (TABLE - 1));
+        }
+        assert!(owned.len() > 3_000, "{}", owned.len());
+        assert_eq!(
+            next.suppressed,
+            owned.len() as u64 - u64::from(LOG_LINES_PER_INTERVAL)
+        );
         // log_interval 0: never.
         let mut quiet = Rrl::new(
             &RrlSettings {

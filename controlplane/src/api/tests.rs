@@ -48,6 +48,7 @@ struct Setup {
     dir: tempfile::TempDir,
     router: Router,
     state: Arc<State>,
+    app: App,
 }
 
 async fn setup_with(tokens: bool) -> Setup {
@@ -80,8 +81,9 @@ async fn setup_with(tokens: bool) -> Setup {
     app.set_state(state.clone()).await.unwrap();
     Setup {
         dir,
-        router: rest::router(app),
+        router: rest::router(app.clone()),
         state,
+        app,
     }
 }
 
@@ -723,4 +725,292 @@ async fn a_flood_from_one_client_gets_429_and_others_are_served() {
     )
     .await;
     assert_eq!(st, StatusCode::OK, "another client is not limited");
+}
+
+#[tokio::test]
+async fn health_regions_counts_validations_view_per_region() {
+    let s = setup().await;
+    let region = |v: &Value, name: &str| -> Value {
+        v["regions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no region {name}: {v}"))
+    };
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/health/regions", None, "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["regions"].as_array().unwrap().len(), 2, "{v}");
+    assert!(v["generated_at"].is_string(), "{v}");
+    let local = region(&v, "local");
+    assert_eq!(local["total_servers"], 2, "{v}");
+    assert_eq!(local["healthy_count"], 2, "{v}");
+    assert_eq!(local["unhealthy_count"], 0, "{v}");
+    assert_eq!(local["health_percent"], 100.0, "{v}");
+    assert_eq!(region(&v, "eu")["total_servers"], 1, "{v}");
+
+    // Regions are validation's view (as /health/servers): an override
+    // changes the answers, not these counts; the server lists it.
+    let body = r#"{"healthy": false, "reason": "drain", "source": "test"}"#;
+    let (st, _) = call(
+        &s.router,
+        Method::PUT,
+        "/api/v1/overrides/www.gslb.test/192.0.2.1",
+        Some(TOKEN),
+        body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = call(&s.router, Method::GET, "/api/v1/health/regions", None, "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let local = region(&v, "local");
+    assert_eq!(local["healthy_count"], 2, "{v}");
+    assert_eq!(local["unhealthy_count"], 0, "{v}");
+    assert_eq!(region(&v, "eu")["healthy_count"], 1, "{v}");
+    let (_, v) = call(&s.router, Method::GET, "/api/v1/health/servers", None, "").await;
+    let server = v["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == "192.0.2.1")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(server["overrides"], 1, "{v}");
+
+    // Outside the allowlist: refused.
+    let (st, v) = call_from(
+        &s.router,
+        "192.0.2.200:5000",
+        Method::GET,
+        "/api/v1/health/regions",
+        None,
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_error(&v, st);
+}
+
+fn agent_pin(id: &str) -> crate::store::AgentPinRow {
+    crate::store::AgentPinRow {
+        agent_id: id.to_owned(),
+        fingerprint: "ab".repeat(32),
+        region: "local".to_owned(),
+        services: "www.gslb.test".to_owned(),
+        revoked: false,
+        pinned_at_unix_ms: 1_700_000_000_000,
+        updated_at_unix_ms: 1_700_000_000_000,
+    }
+}
+
+#[tokio::test]
+async fn agents_list_and_revoke_contract() {
+    let s = setup().await;
+    let agents = "/api/v1/overwatch/agents";
+    let (st, v) = call(&s.router, Method::GET, agents, None, "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["agents"], serde_json::json!([]), "{v}");
+
+    s.state
+        .store
+        .pin_agent(&agent_pin("agent-a"))
+        .await
+        .unwrap();
+    s.state
+        .store
+        .pin_agent(&agent_pin("agent-b"))
+        .await
+        .unwrap();
+    let (st, v) = call(&s.router, Method::GET, agents, None, "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let list = v["agents"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{v}");
+    assert_eq!(list[0]["agent_id"], "agent-a", "{v}");
+    assert_eq!(list[0]["region"], "local", "{v}");
+    assert_eq!(list[0]["revoked"], false, "{v}");
+    assert_eq!(list[0]["connected"], false, "{v}");
+
+    // Missing and wrong tokens: 401, nothing revoked, nothing audited.
+    for method in [Method::DELETE, Method::POST] {
+        let path = if method == Method::DELETE {
+            "/api/v1/overwatch/agents/agent-a".to_owned()
+        } else {
+            "/api/v1/overwatch/agents/agent-a/revoke".to_owned()
+        };
+        let (st, v) = call(&s.router, method.clone(), &path, None, "").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{method} {path}: {v}");
+        assert_error(&v, st);
+        let (st, _) = call(
+            &s.router,
+            method.clone(),
+            &path,
+            Some("wrong-token-0123456789"),
+            "",
+        )
+        .await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    assert!(
+        !s.state
+            .store
+            .agent_pin("agent-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert_eq!(s.state.store.audit_count().await.unwrap(), 0);
+
+    // Unknown ids: 404, both forms.
+    let (st, v) = call(
+        &s.router,
+        Method::DELETE,
+        "/api/v1/overwatch/agents/nobody",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    assert_error(&v, st);
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/overwatch/agents/nobody/revoke",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    assert_error(&v, st);
+
+    // Outside the allowlist, even with the token: 403.
+    let (st, _) = call_from(
+        &s.router,
+        "192.0.2.200:5000",
+        Method::POST,
+        "/api/v1/overwatch/agents/agent-a/revoke",
+        Some(TOKEN),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert!(
+        !s.state
+            .store
+            .agent_pin("agent-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+
+    // With the token: POST …/revoke and DELETE both revoke.
+    let (st, v) = call(
+        &s.router,
+        Method::POST,
+        "/api/v1/overwatch/agents/agent-a/revoke",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["agent_id"], "agent-a", "{v}");
+    assert_eq!(v["revoked"], true, "{v}");
+    assert!(v["generation"].as_u64().is_some_and(|g| g > 0), "{v}");
+    let (st, v) = call(
+        &s.router,
+        Method::DELETE,
+        "/api/v1/overwatch/agents/agent-b",
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked"], true, "{v}");
+
+    let (_, v) = call(&s.router, Method::GET, agents, None, "").await;
+    let list = v["agents"].as_array().unwrap();
+    assert!(list.iter().all(|a| a["revoked"] == true), "{v}");
+    let audit = s.state.store.audit_entries(10).await.unwrap();
+    let revokes: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "agent.revoke")
+        .collect();
+    assert_eq!(revokes.len(), 2, "{audit:?}");
+    assert!(revokes.iter().all(|e| e.actor == "alice"), "{audit:?}");
+}
+
+#[tokio::test]
+async fn geo_mappings_changed_through_a_shared_store_are_followed() {
+    let s = setup().await;
+    // A second controlplane's store on the same database file.
+    let other = Store::open(&format!(
+        "sqlite://{}",
+        s.dir.path().join("db/opengslb.db").display()
+    ))
+    .await
+    .unwrap();
+    let before = s.state.stream.current().generation;
+    assert!(!s.app.refresh_geo().await.unwrap(), "nothing changed yet");
+    assert_eq!(s.state.stream.current().generation, before);
+
+    let row = crate::store::GeoMappingRow {
+        cidr: "198.18.0.0/15".to_owned(),
+        region: "eu".to_owned(),
+        comment: "other controlplane".to_owned(),
+        created_at_unix_ms: 1_700_000_000_000,
+    };
+    assert!(other.add_geo_mapping(&row).await.unwrap());
+    // Not seen until re-read.
+    let (_, v) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/geo/test?ip=198.18.0.1",
+        None,
+        "",
+    )
+    .await;
+    assert_ne!(v["region"], "eu", "{v}");
+
+    assert!(s.app.refresh_geo().await.unwrap());
+    assert!(
+        s.state.stream.current().generation > before,
+        "geo table published"
+    );
+    let (st, v) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/geo/test?ip=198.18.0.1",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["region"], "eu", "{v}");
+    let (_, v) = call(&s.router, Method::GET, "/api/v1/geo/mappings", None, "").await;
+    assert!(
+        v["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["cidr"] == "198.18.0.0/15"),
+        "{v}"
+    );
+    assert!(!s.app.refresh_geo().await.unwrap(), "already current");
+
+    // A removal elsewhere is followed too.
+    assert!(other.delete_geo_mapping("198.18.0.0/15").await.unwrap());
+    assert!(s.app.refresh_geo().await.unwrap());
+    let (_, v) = call(
+        &s.router,
+        Method::GET,
+        "/api/v1/geo/test?ip=198.18.0.1",
+        None,
+        "",
+    )
+    .await;
+    assert_ne!(v["region"], "eu", "{v}");
 }
