@@ -24,6 +24,7 @@ use opengslb_proto::{
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
+    error_endpoint::ErrorEndpoint,
     metrics::AgentMetrics,
     predictive::{sample_memory, CpuSampler, ErrorWindow, Ramp, Signal},
 };
@@ -227,6 +228,14 @@ pub(crate) async fn predictive_loop(shared: Arc<Shared>, cfg: PredictiveConfig) 
     let step = every.min(Duration::from_secs(1));
     let mut cpu = CpuSampler::default();
     let (mut cpu_sig, mut mem_sig) = (Signal::default(), Signal::default());
+    // An operator-named endpoint replaces the failed-check error rate.
+    let mut endpoint = cfg.error_rate.endpoint.as_deref().and_then(|url| {
+        ErrorEndpoint::new(url)
+            .map_err(|e| tracing::error!(error = %e, "predictive.error_rate.endpoint ignored"))
+            .ok()
+    });
+    let mut endpoint_sig = Signal::default();
+    let fetch_timeout = every.min(Duration::from_secs(2));
     let mut next_sample = Instant::now();
     let mut last = Instant::now();
     let mut tick = tokio::time::interval(step);
@@ -244,12 +253,31 @@ pub(crate) async fn predictive_loop(shared: Arc<Shared>, cfg: PredictiveConfig) 
             if let Some(v) = sample_memory() {
                 mem_sig.update(v, cfg.memory.threshold);
             }
+            if let Some(ep) = endpoint.as_mut() {
+                match ep
+                    .poll(now, cfg.error_rate.window.get(), fetch_timeout)
+                    .await
+                {
+                    Ok(Some(rate)) => {
+                        endpoint_sig.update(rate, cfg.error_rate.threshold);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Not knowing is no reason to drain.
+                        shared.metrics.endpoint_failures.inc();
+                        endpoint_sig = Signal::default();
+                        tracing::warn!(error = %e, "predictive.error_rate.endpoint unreadable; its signal is off until it answers");
+                    }
+                }
+            }
         }
         let mut bump = false;
         {
             let mut states = lock(&shared.states);
             for (i, s) in states.iter_mut().enumerate() {
-                if let Some(rate) = s.errors.rate(now, cfg.error_rate.window.get()) {
+                if endpoint.is_some() {
+                    s.error_signal = endpoint_sig;
+                } else if let Some(rate) = s.errors.rate(now, cfg.error_rate.window.get()) {
                     s.error_signal.update(rate, cfg.error_rate.threshold);
                 }
                 let mut bleed: Option<Duration> = None;
@@ -593,4 +621,113 @@ pub(crate) fn previous_path(cert_path: &std::path::Path) -> PathBuf {
     let mut p = cert_path.as_os_str().to_owned();
     p.push(".previous");
     PathBuf::from(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An agent config with one unchecked backend whose error rate comes
+    /// from `endpoint`; CPU and memory off.
+    fn config(endpoint: &str) -> AgentConfig {
+        let text = format!(
+            r#"
+agent:
+  identity: {{service_token: "token-0123456789abcdef"}}
+  controlplanes: ["127.0.0.1:7946"]
+  backends:
+    - {{service: www.example.com, address: 127.0.0.1, port: 8080, health_check: {{type: none}}}}
+  predictive:
+    enabled: true
+    check_interval: 50ms
+    cpu: {{threshold: 0, bleed_duration: 200ms}}
+    memory: {{threshold: 0, bleed_duration: 200ms}}
+    error_rate: {{threshold: 10, window: 10s, bleed_duration: 200ms, endpoint: "{endpoint}"}}
+"#
+        );
+        let cfg = opengslb_controlplane::config::parse(&text, std::path::Path::new("agent.yaml"))
+            .unwrap();
+        cfg.agent.unwrap()
+    }
+
+    /// Serves `{"requests": 100·n, "errors": errors_per_100·n}` on its n-th
+    /// connection (or garbage), on loopback.
+    async fn endpoint(errors_per_100: u64, garbage: bool) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for n in 1u64..=400 {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut req = [0u8; 512];
+                let _ = s.read(&mut req).await;
+                let body = if garbage {
+                    "<html>oops</html>".to_owned()
+                } else {
+                    format!(
+                        "{{\"requests\": {}, \"errors\": {}}}",
+                        100 * n,
+                        errors_per_100 * n
+                    )
+                };
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}/errors")
+    }
+
+    /// Runs the predictive loop for `d`; the backend's share and the
+    /// endpoint failures counted.
+    async fn run_for(cfg: &AgentConfig, d: Duration) -> (u32, u64, i64) {
+        let shared = Shared::new(cfg, AgentMetrics::new().unwrap());
+        let task = tokio::spawn(predictive_loop(shared.clone(), cfg.predictive.clone()));
+        tokio::time::sleep(d).await;
+        task.abort();
+        let permille = lock(&shared.states)[0].permille;
+        let active = shared
+            .metrics
+            .predictive
+            .with_label_values(&["www.example.com", "error_rate"])
+            .get();
+        (permille, shared.metrics.endpoint_failures.get(), active)
+    }
+
+    #[tokio::test]
+    async fn endpoint_error_rate_drains_the_backend() {
+        // 30 % errors, threshold 10 %: drained to 0 within the bleed.
+        let cfg = config(&endpoint(30, false).await);
+        let (permille, failures, active) = run_for(&cfg, Duration::from_millis(1200)).await;
+        assert_eq!(permille, 0);
+        assert_eq!(failures, 0);
+        assert_eq!(active, 1);
+        // 2 % errors: stays in.
+        let cfg = config(&endpoint(2, false).await);
+        let (permille, failures, active) = run_for(&cfg, Duration::from_millis(800)).await;
+        assert_eq!(permille, 1000);
+        assert_eq!(failures, 0);
+        assert_eq!(active, 0);
+    }
+
+    #[tokio::test]
+    async fn unreadable_endpoint_is_counted_and_never_drains() {
+        let cfg = config(&endpoint(0, true).await);
+        let (permille, failures, active) = run_for(&cfg, Duration::from_millis(800)).await;
+        assert_eq!(permille, 1000, "garbage never drains");
+        assert!(failures >= 3, "each failed read counted: {failures}");
+        assert_eq!(active, 0);
+
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = l.local_addr().unwrap();
+        drop(l);
+        let cfg = config(&format!("http://{dead}/errors"));
+        let (permille, failures, _) = run_for(&cfg, Duration::from_millis(800)).await;
+        assert_eq!(permille, 1000, "an unreachable endpoint never drains");
+        assert!(failures >= 3, "{failures}");
+    }
 }

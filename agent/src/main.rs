@@ -17,6 +17,7 @@ use opengslb_controlplane::{
 use tokio::sync::watch;
 
 mod agent;
+mod error_endpoint;
 mod metrics;
 mod predictive;
 

@@ -20,6 +20,8 @@ pub(crate) struct AgentMetrics {
     pub(crate) connections: IntGauge,
     /// `opengslb_agent_predictive_state_active{service,signal_type}`.
     pub(crate) predictive: IntGaugeVec,
+    /// `opengslb_agent_error_rate_endpoint_failures_total`.
+    pub(crate) endpoint_failures: IntCounter,
 }
 
 impl AgentMetrics {
@@ -50,6 +52,10 @@ impl AgentMetrics {
                 ),
                 &["service", "signal_type"],
             )?,
+            endpoint_failures: IntCounter::new(
+                "opengslb_agent_error_rate_endpoint_failures_total",
+                "Failed reads of predictive.error_rate.endpoint (unreachable, timeout, not the expected JSON).",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.backends.clone()))?;
@@ -58,6 +64,7 @@ impl AgentMetrics {
             .register(Box::new(m.heartbeat_failures.clone()))?;
         m.registry.register(Box::new(m.connections.clone()))?;
         m.registry.register(Box::new(m.predictive.clone()))?;
+        m.registry.register(Box::new(m.endpoint_failures.clone()))?;
         Ok(m)
     }
 

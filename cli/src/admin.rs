@@ -221,7 +221,7 @@ async fn run_async(cmd: Command, conn: &Connection, config: Option<&Path>) -> Re
     let token = conn.token()?;
     let token = token.as_deref();
     match cmd {
-        Command::Dnssec(c) => crate::dnssec::run(&mut client, c, out).await?,
+        Command::Dnssec(c) => crate::dnssec::run(&mut client, c, token, out).await?,
         Command::Agents(c) => crate::agents::run(&mut client, c, token, out).await?,
         Command::Status => {
             let s = client

@@ -233,6 +233,32 @@ impl AdminService for Admin {
         Ok(Response::new(crate::dnssec::status_proto(&st)))
     }
 
+    async fn dnssec_rollover(
+        &self,
+        req: Request<opengslb_proto::DnssecRolloverRequest>,
+    ) -> Reply<opengslb_proto::DnssecRolloverResponse> {
+        use crate::dnssec::rollover::{self, Action};
+        let r = req.get_ref();
+        let action = Action::parse(&r.action, Some(r.key.as_str())).map_err(ops::rollover_error)?;
+        let caller = self.guard(&req, action.is_change())?;
+        let from = caller.from.to_string();
+        let zone = req.into_inner().zone;
+        let state = self.app.state()?;
+        let st = rollover::perform(
+            &state,
+            action
+                .is_change()
+                .then_some((caller.who.as_str(), from.as_str())),
+            &zone,
+            action,
+        )
+        .await
+        .map_err(ops::rollover_error)?;
+        Ok(Response::new(opengslb_proto::DnssecRolloverResponse {
+            rollover: st.as_ref().map(rollover::status_proto),
+        }))
+    }
+
     async fn watch_health(
         &self,
         req: Request<WatchHealthRequest>,

@@ -24,12 +24,14 @@ use opengslb_proto::{
 };
 
 use crate::config::{
-    Config, DnsName, DomainConfig, HealthCheckType, RoutingAlgorithm, ServerRef, WhenAllDownConfig,
+    Config, DnsName, DomainConfig, HealthCheckType, RegionSelection, RoutingAlgorithm, ServerRef,
+    WhenAllDownConfig,
 };
 use crate::dnssec::{Dnssec, Signer};
 use crate::geo::{GeoDb, RangeTable, VersionedTable};
 use crate::store::GeoMappingRow;
 
+pub mod incremental;
 pub mod routing;
 pub mod wire;
 
@@ -125,6 +127,8 @@ pub struct Compiler {
     /// The table of the last compile, with the config fingerprint and
     /// inputs version it was built from.
     geo: Option<(Vec<u8>, u64, VersionedTable)>,
+    /// The last result of `compile_update`, for the next incremental compile.
+    base: Option<incremental::Base>,
 }
 
 /// The geo range table's inputs other than the config.
@@ -155,7 +159,7 @@ pub struct Compiled {
 }
 
 /// What the compiler remembers of one domain's family.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct FamilyMemory {
     /// Addresses of the last non-empty healthy set.
     last_healthy: Vec<IpAddr>,
@@ -169,6 +173,7 @@ struct FamilyMemory {
 type Settled = (IpAddr, Option<SystemTime>);
 
 /// One server as a domain sees it.
+#[derive(Debug)]
 struct Member {
     address: IpAddr,
     weight: u32,
@@ -508,11 +513,17 @@ fn plan(
     };
     let ttl = domain.ttl.unwrap_or(cfg.dns.default_ttl);
     let round_robin = algorithm == RoutingAlgorithm::RoundRobin;
-    // Round-robin and geolocation answer the whole (region's) set by default.
-    let whole_set = round_robin || algorithm == RoutingAlgorithm::Geolocation;
+    // Geolocation may draw by weight inside the region.
+    let geo_weighted = algorithm == RoutingAlgorithm::Geolocation
+        && domain.region_selection == RegionSelection::Weighted;
+    let by_weight = algorithm == RoutingAlgorithm::Weighted || geo_weighted;
+    // Round-robin and geolocation answer the whole (region's) set by
+    // default; drawn by weight, one server.
+    let whole_set = round_robin || (algorithm == RoutingAlgorithm::Geolocation && !geo_weighted);
     let max_answers = domain.max_answers.unwrap_or(if whole_set { 0 } else { 1 });
-    // A weighted server of weight 0 is never answered: it counts as absent.
-    let servable = |m: &&&Member| algorithm != RoutingAlgorithm::Weighted || m.weight > 0;
+    // A server of weight 0 drawn by weight is never answered: it counts as
+    // absent.
+    let servable = |m: &&&Member| !by_weight || m.weight > 0;
 
     let healthy: Vec<&Member> = family
         .iter()
@@ -596,9 +607,13 @@ fn plan(
         // Each region's set, its fallback resolved here; under
         // `when_all_down` fallback every client gets the fallback set.
         RoutingAlgorithm::Geolocation if !all_down => {
-            let mut c = routing::geo_candidates(cfg, &chosen, &set);
-            let any = c.first().and_then(|c| c.rrset.clone());
-            routing::mark_exhausted(&mut c, family, any);
+            let mut c = routing::geo_candidates(cfg, &chosen, &set, geo_weighted);
+            let any: Vec<Candidate> = c
+                .iter()
+                .filter(|c| c.region == GEO_ANY_REGION)
+                .cloned()
+                .collect();
+            routing::mark_exhausted(&mut c, family, &any);
             c
         }
         RoutingAlgorithm::Geolocation => {
@@ -610,11 +625,14 @@ fn plan(
         }
         RoutingAlgorithm::Latency if !all_down => {
             let lc = domain.latency_config.clone().unwrap_or_default();
-            let (pick, report) = routing::latency_pick(&domain.name.to_string(), &lc, &chosen);
+            let (pick, tie, report) =
+                routing::latency_pick(&domain.name.to_string(), &lc, &chosen, max_answers);
             latency = Some(report);
-            one(&pick)
+            routing::latency_candidates(&pick, tie, max_answers, &set)
         }
-        RoutingAlgorithm::Latency => one(&chosen),
+        RoutingAlgorithm::Latency => {
+            routing::latency_candidates(&chosen, chosen.len(), max_answers, &set)
+        }
         RoutingAlgorithm::Weighted | RoutingAlgorithm::Failover => chosen
             .iter()
             .map(|m| Candidate {

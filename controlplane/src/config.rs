@@ -391,6 +391,21 @@ pub struct DomainConfig {
     /// Latency policy tuning.
     #[serde(default)]
     pub latency_config: Option<LatencyConfig>,
+    /// Geolocation: how a region's healthy servers are chosen.
+    #[serde(default)]
+    pub region_selection: RegionSelection,
+}
+
+/// `domains[].region_selection`: how the geolocation policy chooses among
+/// the healthy servers of the client's region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegionSelection {
+    /// Every healthy server of the region, rotated (the default).
+    #[default]
+    RoundRobin,
+    /// A draw by server `weight` (weight 0: never answered).
+    Weighted,
 }
 
 /// `domains[].routing_algorithm`.
@@ -473,6 +488,9 @@ pub struct OverwatchConfig {
     pub validation: ValidationConfig,
     /// Agents that stop sending heartbeats.
     pub stale: StaleConfig,
+    /// Most connections open at once on `agent_listen`, TLS handshakes
+    /// included (default 8192); more are closed at once and counted.
+    pub max_agent_connections: usize,
     /// GeoIP.
     pub geolocation: GeolocationConfig,
     /// DNSSEC signing.
@@ -531,6 +549,8 @@ pub struct GeolocationConfig {
     pub ecs_enabled: bool,
     /// CIDR → region overrides.
     pub custom_mappings: Vec<CustomMappingConfig>,
+    /// How often the database file is checked for a change.
+    pub database_poll_interval: Duration,
 }
 
 /// `overwatch.geolocation.custom_mappings[]`.
@@ -571,6 +591,22 @@ pub struct DnssecConfig {
     pub key_encryption_key_file: Option<PathBuf>,
     /// Authenticated denial: NSEC (default) or NSEC3 (RFC 9276 parameters).
     pub denial: DnssecDenial,
+    /// Key rollover timings (`opengslb dnssec rollover`).
+    pub rollover: RolloverConfig,
+}
+
+/// `overwatch.dnssec.rollover`: what a key rollover adds to the TTLs it
+/// waits for (see `crate::dnssec::rollover`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloverConfig {
+    /// Added to every wait: time for a new snapshot to reach every
+    /// dataplane and for secondary servers/caches to catch up.
+    pub propagation_delay: Duration,
+    /// TTL of the DS RRset in the parent zone (the registrar's); the old
+    /// key of a CSK/KSK rollover goes this long (+ delay) after the new DS
+    /// was published.
+    pub parent_ds_ttl: Duration,
 }
 
 /// `overwatch.dnssec.denial`.
@@ -712,6 +748,11 @@ pub struct ErrorRateConfig {
     pub window: Duration,
     /// Drain period.
     pub bleed_duration: Duration,
+    /// A local `http://HOST:PORT/PATH` the agent polls every
+    /// `check_interval` for `{"requests": N, "errors": M}` (cumulative
+    /// counters); when set, the error rate is `Δerrors / Δrequests` over
+    /// `window` instead of the backends' failed checks.
+    pub endpoint: Option<String>,
 }
 
 /// Identifies one configured server, for the health hook of the compiler.
@@ -1069,6 +1110,7 @@ impl Default for OverwatchConfig {
             agent_tokens: BTreeMap::new(),
             validation: ValidationConfig::default(),
             stale: StaleConfig::default(),
+            max_agent_connections: 8192,
             geolocation: GeolocationConfig::default(),
             dnssec: DnssecConfig::default(),
         }
@@ -1110,6 +1152,7 @@ impl Default for GeolocationConfig {
             default_region: None,
             ecs_enabled: true,
             custom_mappings: Vec::new(),
+            database_poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -1126,6 +1169,16 @@ impl Default for DnssecConfig {
             split_keys: false,
             key_encryption_key_file: None,
             denial: DnssecDenial::Nsec,
+            rollover: RolloverConfig::default(),
+        }
+    }
+}
+
+impl Default for RolloverConfig {
+    fn default() -> Self {
+        Self {
+            propagation_delay: Duration::from_secs(3600),
+            parent_ds_ttl: Duration::from_secs(86_400),
         }
     }
 }
@@ -1168,12 +1221,43 @@ impl Default for PredictiveConfig {
     }
 }
 
+/// Splits `http://HOST[:PORT][/PATH]` (the agent's error-rate endpoint)
+/// into `HOST:PORT` (port 80 when absent) and the path (`/` when absent).
+pub fn parse_local_http_url(url: &str) -> Result<(String, String), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("{url:?}: expected http://HOST:PORT/PATH (plain HTTP to a local endpoint)")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') || path.chars().any(char::is_whitespace) {
+        return Err(format!("{url:?}: expected http://HOST:PORT/PATH"));
+    }
+    let has_port = if authority.starts_with('[') {
+        authority.contains("]:")
+    } else {
+        authority.contains(':')
+    };
+    let hostport = if has_port {
+        let (host, port) = authority.rsplit_once(':').unwrap_or((authority, ""));
+        if host.is_empty() || !port.parse::<u16>().is_ok_and(|p| p != 0) {
+            return Err(format!("{url:?}: invalid port in {authority:?}"));
+        }
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((hostport, path.to_owned()))
+}
+
 impl Default for ErrorRateConfig {
     fn default() -> Self {
         Self {
             threshold: 10.0,
             window: Duration::from_secs(60),
             bleed_duration: default_bleed(),
+            endpoint: None,
         }
     }
 }

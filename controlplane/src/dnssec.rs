@@ -30,6 +30,7 @@ pub mod keys;
 pub mod metrics;
 pub mod nsec;
 pub mod nsec3;
+pub mod rollover;
 pub mod sign;
 pub mod sync;
 
@@ -57,12 +58,17 @@ pub mod rtype {
 #[derive(Debug, Default)]
 pub struct Keyring {
     zones: BTreeMap<Vec<u8>, Vec<Arc<ZoneKey>>>,
+    /// Per zone: tags of keys that are published but sign nothing (a
+    /// rollover's pre-published or outgoing ZSK).
+    passive: BTreeMap<Vec<u8>, Vec<u16>>,
 }
 
 /// Shared DNSSEC state of a controlplane. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Dnssec {
     inner: Arc<RwLock<Inner>>,
+    /// Rollover changes: one at a time; wakes the rollover task.
+    roll: Arc<rollover::Shared>,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +86,8 @@ struct Inner {
     sync_failures: BTreeMap<String, u64>,
     /// Key sync state per peer.
     peers: Vec<sync::PeerSync>,
+    /// Latest rollover per zone (wire apex), as stored.
+    rollovers: BTreeMap<Vec<u8>, crate::store::RolloverRow>,
 }
 
 /// What [`metrics::DnssecCollector`] reads at a scrape.
@@ -114,6 +122,9 @@ pub struct SigningStats {
     pub zone_next_expiry_unix: Vec<(Vec<u8>, Option<u64>)>,
     /// Per zone (wire apex): RRSIGs made by the last pass.
     pub zone_signed: Vec<(Vec<u8>, usize)>,
+    /// Per zone (wire apex): the DNSKEY RRset's TTL and the largest TTL of
+    /// any signed RRset (rollover timings).
+    pub zone_ttls: Vec<(Vec<u8>, u32, u32)>,
 }
 
 /// `GET /api/v1/dnssec/status`, `opengslb dnssec status`.
@@ -150,6 +161,8 @@ pub struct ZoneStatus {
     pub ds: Vec<String>,
     /// Earliest signature expiration, seconds since the epoch.
     pub next_expiry_unix: Option<u64>,
+    /// The latest key rollover, if the zone ever rolled.
+    pub rollover: Option<rollover::RolloverStatus>,
 }
 
 /// One key in [`ZoneStatus`].
@@ -192,6 +205,14 @@ impl Keyring {
             .get(apex)
             .map(Vec::as_slice)
             .filter(|k| !k.is_empty())
+    }
+
+    /// Whether key `key_tag` of the zone with this apex signs (a key a
+    /// rollover only publishes does not).
+    pub fn signs(&self, apex: &[u8], key_tag: u16) -> bool {
+        self.passive
+            .get(apex)
+            .is_none_or(|tags| !tags.contains(&key_tag))
     }
 
     /// Every zone with its keys.
@@ -240,7 +261,11 @@ impl Dnssec {
         let algorithm = Algorithm::from(sec.algorithm);
         let now = unix_now();
         let mut ring = Keyring::default();
+        let mut rolls = Vec::new();
         for zone in &cfg.dns.zones {
+            if let Some(r) = store.dnssec_rollover(zone.name.as_str()).await? {
+                rolls.push((zone.name.to_wire(), r));
+            }
             let rows = store.dnssec_keys(zone.name.as_str()).await?;
             let mut zone_keys = Vec::with_capacity(rows.len().max(2));
             for row in &rows {
@@ -291,7 +316,10 @@ impl Dnssec {
             }
             ring.zones.insert(zone.name.to_wire(), zone_keys);
         }
+        let (rollovers, passive) = rollover::load_state(rolls);
+        ring.passive = passive;
         let mut inner = self.write();
+        inner.rollovers = rollovers;
         inner.enabled = true;
         inner.algorithm = Some(algorithm);
         inner.encrypted_at_rest = kek.is_some();
@@ -414,6 +442,10 @@ impl Dnssec {
                     .iter()
                     .find(|(a, _)| a.as_slice() == apex)
                     .and_then(|(_, e)| *e),
+                rollover: inner
+                    .rollovers
+                    .get(apex)
+                    .and_then(|r| rollover::status_of(r, keys)),
             })
             .collect();
         DnssecStatus {
@@ -500,6 +532,7 @@ pub fn status_proto(st: &DnssecStatus) -> opengslb_proto::GetDnssecStatusRespons
                     .collect(),
                 ds: z.ds.clone(),
                 next_expiry_unix: z.next_expiry_unix.unwrap_or(0),
+                rollover: z.rollover.as_ref().map(rollover::status_proto),
             })
             .collect(),
         key_sync_state: st.key_sync.state.to_owned(),

@@ -553,12 +553,10 @@ fn merge_siblings(sorted: Vec<Range>, bits: u32) -> Vec<Range> {
 /// A file's size and modification time.
 type FileStamp = (u64, Option<std::time::SystemTime>);
 
-/// How often the GeoIP database file is checked for a change.
-pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Watches `overwatch.geolocation.database_path` (size and modification
-/// time, every [`WATCH_INTERVAL`]): a changed file is read again and its
-/// table published; a bad one is logged and the old table keeps serving.
+/// time, every `overwatch.geolocation.database_poll_interval` of the config
+/// in force, default 5 s): a changed file is read again and its table
+/// published; a bad one is logged and the old table keeps serving.
 pub async fn watch_database(state: Arc<crate::server::State>) {
     let stamp = |p: &Path| {
         std::fs::metadata(p)
@@ -567,14 +565,17 @@ pub async fn watch_database(state: Arc<crate::server::State>) {
     };
     let mut seen: Option<(PathBuf, Option<FileStamp>)> = None;
     loop {
-        let path = state
-            .config
-            .lock()
-            .await
-            .overwatch
-            .geolocation
-            .database_path
-            .clone();
+        let (path, interval) = {
+            let cfg = state.config.lock().await;
+            let geo = &cfg.overwatch.geolocation;
+            (
+                geo.database_path.clone(),
+                // Validation keeps it above zero; never spin regardless.
+                geo.database_poll_interval
+                    .get()
+                    .max(std::time::Duration::from_millis(10)),
+            )
+        };
         match path {
             None => seen = None,
             Some(p) => {
@@ -593,6 +594,6 @@ pub async fn watch_database(state: Arc<crate::server::State>) {
                 }
             }
         }
-        tokio::time::sleep(WATCH_INTERVAL).await;
+        tokio::time::sleep(interval).await;
     }
 }

@@ -54,7 +54,8 @@ mod tests;
 
 pub use registry::{Claim, Registry};
 
-/// Most agent connections open at once (TLS handshakes included).
+/// Most agent connections open at once (TLS handshakes included), unless
+/// `overwatch.max_agent_connections` says otherwise.
 pub const MAX_CONNECTIONS: usize = 8192;
 
 /// Largest gRPC message accepted from an agent.
@@ -656,6 +657,9 @@ pub async fn start(state: Arc<State>) -> Result<Option<SocketAddr>> {
             sweep(&sweeper, tokio::time::Instant::now(), remove_after);
         }
     });
+    if state.store.engine() == "postgres" {
+        tokio::spawn(follow_revocations(state.clone()));
+    }
     if cfg.overwatch.agent_tokens.is_empty() {
         return Ok(None);
     }
@@ -693,8 +697,8 @@ pub fn server_identity(cfg: &Config) -> Result<tls::Identity> {
 /// Serves `AgentService` on `listener` (already bound) in the background.
 pub fn serve(state: Arc<State>, listener: tokio::net::TcpListener) -> Result<()> {
     let cfg = state.config.try_lock().map(|c| c.clone()).ok();
-    let identity = match cfg {
-        Some(cfg) => server_identity(&cfg)?,
+    let (identity, max_connections) = match cfg {
+        Some(cfg) => (server_identity(&cfg)?, cfg.overwatch.max_agent_connections),
         None => return Err(Error::Metrics("config locked while starting".into())),
     };
     let config = tls::server_config(&identity).map_err(|e| Error::Listen {
@@ -709,7 +713,7 @@ pub fn serve(state: Arc<State>, listener: tokio::net::TcpListener) -> Result<()>
         tls::Dropped::Handshake => metrics.auth_failure("tls"),
         tls::Dropped::Timeout => metrics.refuse("handshake_timeout"),
     });
-    let incoming = tls::incoming(listener, config, MAX_CONNECTIONS, dropped);
+    let incoming = tls::incoming(listener, config, max_connections, dropped);
     let svc = service::server(state);
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
@@ -817,6 +821,63 @@ pub async fn revoke(state: &State, id: &str) -> Result<bool> {
     }
     state.overwatch.notify();
     Ok(known || removed)
+}
+
+/// Applies revocations made through other controlplanes sharing the store:
+/// every agent with a live session here whose pin is revoked is cut off
+/// (session ended, backends out of the answers once published). Returns
+/// the agents cut off.
+pub async fn apply_revocations(state: &State) -> Result<Vec<String>> {
+    let pins = state.store.agent_pins().await?;
+    let live: HashSet<String> = state
+        .overwatch
+        .registry
+        .agents()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let mut cut = Vec::new();
+    for p in &pins {
+        if p.revoked && live.contains(&p.agent_id) && state.overwatch.registry.remove(&p.agent_id) {
+            let _ = state
+                .overwatch
+                .metrics
+                .heartbeat_age
+                .remove_label_values(&[&p.agent_id]);
+            tracing::warn!(agent_id = %p.agent_id, "agent revoked through another controlplane: cut off");
+            cut.push(p.agent_id.clone());
+        }
+    }
+    let ow = &state.overwatch;
+    ow.metrics
+        .pinned
+        .set(pins.iter().filter(|p| !p.revoked).count() as i64);
+    if !cut.is_empty() {
+        ow.metrics.agents.set(ow.registry.len() as i64);
+        ow.notify();
+    }
+    Ok(cut)
+}
+
+/// Follows revocations made through other controlplanes sharing a
+/// PostgreSQL store: [`apply_revocations`] every
+/// [`crate::overrides::FOLLOW_EVERY`], publishing when an agent was cut
+/// off. A store error is logged and retried at the next tick.
+pub async fn follow_revocations(state: Arc<State>) {
+    let mut tick = tokio::time::interval(crate::overrides::FOLLOW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match apply_revocations(&state).await {
+            Ok(cut) if !cut.is_empty() => {
+                if let Err(e) = state.recompile("agent.revoke").await {
+                    tracing::error!(error = %e, "publishing after a shared revocation failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "re-reading agent revocations failed"),
+        }
+    }
 }
 
 /// [`revoke`], then publish and audit: the REST and admin gRPC entry

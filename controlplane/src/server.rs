@@ -137,15 +137,26 @@ impl State {
                 .view(&cfg, &self.health, self.health.view(&cfg)),
             self.overrides.current(),
         );
+        // Incremental when only health changed (see compile::incremental).
         let compiled = p
             .compiler
-            .compile(&cfg, generation, serial, &view, SystemTime::now());
+            .compile_update(&cfg, generation, serial, &view, SystemTime::now());
         *self
             .geo
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = compiled.geo.clone();
         self.routing_metrics.compiled(&compiled.latency);
-        self.stream.publish(compiled.snapshot);
+        match compiled.published {
+            compile::incremental::Published::Full(snapshot) => self.stream.publish(snapshot),
+            compile::incremental::Published::Delta(delta) => {
+                if !self.stream.publish_delta(delta) {
+                    // Not against what the stream holds: send it whole.
+                    if let Some(full) = p.compiler.last_snapshot() {
+                        self.stream.publish(full.clone());
+                    }
+                }
+            }
+        }
         self.metrics.compiled(
             &view.inner.inner.healthy_per_region,
             &compiled.all_down,
@@ -204,10 +215,12 @@ impl State {
         let db = match load_geo_db(&cfg) {
             Ok(db) => db,
             Err(e) => {
+                self.routing_metrics.geo_db_reloaded(false);
                 tracing::error!(error = %e, "GeoIP database reload failed; keeping the old table");
                 return Err(e);
             }
         };
+        self.routing_metrics.geo_db_reloaded(true);
         self.publisher.lock().await.compiler.set_geo_db(db);
         self.recompile("geo database").await
     }
@@ -229,16 +242,22 @@ impl State {
                 return Err(e.into());
             }
         };
-        // The GeoIP database is read again too; a bad one refuses the
-        // reload (the old config and table keep serving).
-        let geo_db = match load_geo_db(&cfg) {
-            Ok(db) => db,
-            Err(e) => {
-                tracing::error!(error = %e, "config reload failed; keeping the running config");
-                return Err(e);
+        // The GeoIP database is read again too; a bad one is logged and
+        // counted, and the old database keeps serving while the rest of
+        // the config applies (start-up, by contrast, stops on it).
+        match load_geo_db(&cfg) {
+            Ok(db) => {
+                self.routing_metrics.geo_db_reloaded(true);
+                self.publisher.lock().await.compiler.set_geo_db(db);
             }
-        };
-        self.publisher.lock().await.compiler.set_geo_db(geo_db);
+            Err(e) => {
+                self.routing_metrics.geo_db_reloaded(false);
+                tracing::error!(
+                    error = %e,
+                    "GeoIP database reload failed; keeping the old table, applying the rest of the config"
+                );
+            }
+        }
         let added = self.health.add(&cfg);
         self.health.settle(&added).await;
         {
@@ -397,9 +416,21 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     let (generation, serial) = publisher.versions.advance();
     store.set_meta("soa_serial", &serial.to_string()).await?;
     let view = WithOverrides::new(health.view(&cfg), overrides.current());
+    // Kept as the `Arc` in force, so the next health change compiles
+    // incrementally against this result.
+    let cfg = Arc::new(cfg);
     let first = publisher
         .compiler
-        .compile(&cfg, generation, serial, &view, SystemTime::now());
+        .compile_update(&cfg, generation, serial, &view, SystemTime::now());
+    // A compiler's first compile is a full one.
+    let first_snapshot = match first.published {
+        compile::incremental::Published::Full(s) => s,
+        compile::incremental::Published::Delta(_) => publisher
+            .compiler
+            .last_snapshot()
+            .cloned()
+            .unwrap_or_default(),
+    };
     metrics.compiled(&view.inner.healthy_per_region, &first.all_down, generation);
     let routing_metrics = crate::geo::metrics::RoutingMetrics::new(&metrics)?;
     routing_metrics.compiled(&first.latency);
@@ -408,14 +439,14 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     tracing::info!(
         generation,
         serial,
-        zones = first.snapshot.zones.len(),
-        nodes = first.snapshot.nodes.len(),
+        zones = first_snapshot.zones.len(),
+        nodes = first_snapshot.nodes.len(),
         "first snapshot compiled"
     );
     let state = Arc::new(State {
         config_path,
-        config: Mutex::new(Arc::new(cfg)),
-        stream: SnapshotStream::new(first.snapshot).with_metrics(metrics.clone()),
+        config: Mutex::new(cfg.clone()),
+        stream: SnapshotStream::new(first_snapshot).with_metrics(metrics.clone()),
         store,
         health,
         metrics: metrics.clone(),
@@ -429,6 +460,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     });
     let recompiler = tokio::spawn(recompile_loop(state.clone()));
     let key_sync = tokio::spawn(crate::dnssec::sync::run(state.clone()));
+    let rollover = tokio::spawn(crate::dnssec::rollover::run(state.clone()));
     let geo_watch = tokio::spawn(crate::geo::watch_database(state.clone()));
     crate::overwatch::start(state.clone()).await?;
     app.set_state(state.clone()).await?;
@@ -461,6 +493,7 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     });
     recompiler.abort();
     key_sync.abort();
+    rollover.abort();
     geo_watch.abort();
     for task in [api_server, follower, geo_follower].into_iter().flatten() {
         task.abort();

@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_dnssec_keys.sql")),
     (3, include_str!("../migrations/0003_overrides_geo.sql")),
     (4, include_str!("../migrations/0004_agent_pins.sql")),
+    (5, include_str!("../migrations/0005_dnssec_rollovers.sql")),
 ];
 
 /// Embedded PostgreSQL migrations, the same versions as [`MIGRATIONS`].
@@ -54,6 +55,10 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../migrations/postgres/0004_agent_pins.sql"),
+    ),
+    (
+        5,
+        include_str!("../migrations/postgres/0005_dnssec_rollovers.sql"),
     ),
 ];
 
@@ -556,3 +561,5 @@ fn now_ms() -> i64 {
 mod tests;
 
 mod agents;
+mod rollover;
+pub use rollover::RolloverRow;

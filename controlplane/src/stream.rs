@@ -1,18 +1,23 @@
 //! The snapshot stream: `SnapshotService.Subscribe` for any number of
 //! dataplanes.
 //!
-//! The current snapshot lives in a `watch` channel. A new subscriber gets it
-//! in full; after that, each newer snapshot is sent as a delta against the
-//! one sent just before on the same stream (or in full when a delta would not
-//! be smaller, or zones were added, removed or reordered — nodes refer to
-//! zones by index). The geo table travels only when its own generation moved.
+//! The stream keeps the snapshot in force and the last few steps to it. A
+//! new subscriber gets the snapshot in full; after that, each publish is sent
+//! as a delta against the one sent just before on the same stream (or in
+//! full when a delta would not be smaller, zones were added, removed or
+//! reordered — nodes refer to zones by index — or the subscriber fell more
+//! than a few publishes behind). A whole snapshot is diffed here; an
+//! incremental compile hands over its delta ready made
+//! ([`SnapshotStream::publish_delta`]), so a health change never copies,
+//! compares or encodes the whole snapshot. The geo table travels only when
+//! its own generation moved.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
 };
 
@@ -29,9 +34,40 @@ use tonic::{Request, Response, Status};
 /// Publishes compiled snapshots to every subscriber.
 #[derive(Debug, Clone)]
 pub struct SnapshotStream {
-    current: watch::Sender<Arc<Snapshot>>,
+    shared: Arc<Mutex<Shared>>,
+    /// The generation published last; wakes subscribers.
+    current: watch::Sender<u64>,
     subscribers: Arc<AtomicUsize>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// The snapshot in force and the recent steps to it.
+#[derive(Debug)]
+struct Shared {
+    /// The snapshot in force (deltas are applied to it in place).
+    full: Arc<Snapshot>,
+    /// Node name → index in `full.nodes`.
+    index: HashMap<Vec<u8>, usize>,
+    /// The last steps, oldest first.
+    log: VecDeque<Step>,
+}
+
+/// One publish: from `base` to `generation`, as a delta when small.
+#[derive(Debug)]
+struct Step {
+    base: u64,
+    generation: u64,
+    /// `None`: subscribers at `base` get the whole snapshot.
+    delta: Option<Arc<SnapshotDelta>>,
+}
+
+/// Steps kept for subscribers a few publishes behind.
+const LOG_STEPS: usize = 32;
+
+/// What a subscriber sends next.
+enum Next {
+    Deltas(Vec<Arc<SnapshotDelta>>),
+    Full(Arc<Snapshot>),
 }
 
 // === impl SnapshotStream ===
@@ -39,8 +75,14 @@ pub struct SnapshotStream {
 impl SnapshotStream {
     /// A stream serving `first` until [`SnapshotStream::publish`] replaces it.
     pub fn new(first: Snapshot) -> Self {
+        let generation = first.generation;
         Self {
-            current: watch::Sender::new(Arc::new(first)),
+            shared: Arc::new(Mutex::new(Shared {
+                index: index_of(&first),
+                full: Arc::new(first),
+                log: VecDeque::new(),
+            })),
+            current: watch::Sender::new(generation),
             subscribers: Arc::new(AtomicUsize::new(0)),
             metrics: None,
         }
@@ -53,24 +95,105 @@ impl SnapshotStream {
         self
     }
 
-    /// Replaces the current snapshot; every subscriber is sent the change.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the current snapshot; every subscriber is sent the change
+    /// (a delta when it is small, computed here).
     pub fn publish(&self, next: Snapshot) {
-        self.current.send_replace(Arc::new(next));
+        let generation = next.generation;
+        {
+            let mut s = self.lock();
+            let delta = delta_between(&s.full, &next).map(Arc::new);
+            let base = s.full.generation;
+            s.index = index_of(&next);
+            s.full = Arc::new(next);
+            s.push(Step {
+                base,
+                generation,
+                delta,
+            });
+        }
+        self.current.send_replace(generation);
+    }
+
+    /// Applies `delta` (computed by the compiler against the snapshot in
+    /// force) and sends it to every subscriber as it is: no whole snapshot
+    /// is copied, compared or encoded. Returns false, changing nothing,
+    /// when `delta` is not against the snapshot in force.
+    pub fn publish_delta(&self, delta: SnapshotDelta) -> bool {
+        let generation = delta.generation;
+        {
+            let mut s = self.lock();
+            if delta.base_generation != s.full.generation || generation <= delta.base_generation {
+                return false;
+            }
+            let shared = &mut *s;
+            apply_in_place(Arc::make_mut(&mut shared.full), &mut shared.index, &delta);
+            s.push(Step {
+                base: delta.base_generation,
+                generation,
+                delta: Some(Arc::new(delta)),
+            });
+        }
+        self.current.send_replace(generation);
+        true
     }
 
     /// The snapshot being served.
     pub fn current(&self) -> Arc<Snapshot> {
-        self.current.borrow().clone()
+        self.lock().full.clone()
     }
 
-    /// A receiver woken at every publish (admin `WatchHealth`).
-    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+    /// The generation being served.
+    pub fn generation(&self) -> u64 {
+        *self.current.borrow()
+    }
+
+    /// A receiver woken at every publish (admin `WatchHealth`), holding the
+    /// generation.
+    pub fn watch(&self) -> watch::Receiver<u64> {
         self.current.subscribe()
     }
 
     /// Number of connected dataplanes.
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// What takes a subscriber from `sent` to the generation in force.
+    fn next_for(&self, sent: u64) -> Next {
+        let s = self.lock();
+        let mut at = sent;
+        let mut deltas = Vec::new();
+        for step in s.log.iter().skip_while(|st| st.base != sent) {
+            match (&step.delta, step.base == at) {
+                (Some(d), true) => {
+                    deltas.push(d.clone());
+                    at = step.generation;
+                }
+                _ => return Next::Full(s.full.clone()),
+            }
+        }
+        if at == s.full.generation && !deltas.is_empty() {
+            Next::Deltas(deltas)
+        } else {
+            Next::Full(s.full.clone())
+        }
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn push(&mut self, step: Step) {
+        self.log.push_back(step);
+        while self.log.len() > LOG_STEPS {
+            self.log.pop_front();
+        }
     }
 }
 
@@ -96,28 +219,52 @@ impl SnapshotService for SnapshotStream {
             req.node_id.chars().take(64).collect()
         };
         tracing::info!(node_id = %req.node_id, ?peer, have = req.have_generation, "dataplane subscribed");
+        let this = self.clone();
         tokio::spawn(async move {
-            let mut sent = rx.borrow_and_update().clone();
-            let first = SnapshotUpdate {
-                kind: Some(Kind::Full((*sent).clone())),
+            rx.borrow_and_update();
+            let first = this.current();
+            let mut sent = first.generation;
+            let update = SnapshotUpdate {
+                kind: Some(Kind::Full((*first).clone())),
             };
-            if tx.send(Ok(first)).await.is_ok() {
+            drop(first);
+            if tx.send(Ok(update)).await.is_ok() {
                 if let Some(m) = &metrics {
-                    m.pushed(&label, sent.generation, true);
+                    m.pushed(&label, sent, true);
                 }
-                while rx.changed().await.is_ok() {
-                    let next = rx.borrow_and_update().clone();
-                    if next.generation == sent.generation {
+                'changes: while rx.changed().await.is_ok() {
+                    if *rx.borrow_and_update() == sent {
                         continue;
                     }
-                    let update = update_between(&sent, &next);
-                    if tx.send(Ok(update)).await.is_err() {
-                        break;
+                    let updates: Vec<(u64, bool, SnapshotUpdate)> = match this.next_for(sent) {
+                        Next::Deltas(ds) => ds
+                            .iter()
+                            .map(|d| {
+                                let u = SnapshotUpdate {
+                                    kind: Some(Kind::Delta((**d).clone())),
+                                };
+                                (d.generation, false, u)
+                            })
+                            .collect(),
+                        Next::Full(f) => {
+                            if f.generation == sent {
+                                continue;
+                            }
+                            let u = SnapshotUpdate {
+                                kind: Some(Kind::Full((*f).clone())),
+                            };
+                            vec![(f.generation, true, u)]
+                        }
+                    };
+                    for (generation, full, update) in updates {
+                        if tx.send(Ok(update)).await.is_err() {
+                            break 'changes;
+                        }
+                        if let Some(m) = &metrics {
+                            m.pushed(&label, generation, full);
+                        }
+                        sent = generation;
                     }
-                    if let Some(m) = &metrics {
-                        m.pushed(&label, next.generation, false);
-                    }
-                    sent = next;
                 }
             }
             subscribers.fetch_sub(1, Ordering::Relaxed);
@@ -130,11 +277,60 @@ impl SnapshotService for SnapshotStream {
     }
 }
 
+/// Node name → index.
+fn index_of(s: &Snapshot) -> HashMap<Vec<u8>, usize> {
+    s.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.clone(), i))
+        .collect()
+}
+
+/// `delta` applied to `full` in place (as the dataplane applies it),
+/// `index` kept in step.
+fn apply_in_place(full: &mut Snapshot, index: &mut HashMap<Vec<u8>, usize>, delta: &SnapshotDelta) {
+    full.generation = delta.generation;
+    for zone in &delta.zones {
+        match full.zones.iter_mut().find(|z| z.apex == zone.apex) {
+            Some(slot) => *slot = zone.clone(),
+            None => full.zones.push(zone.clone()),
+        }
+    }
+    for node in &delta.upsert_nodes {
+        match index.get(&node.name) {
+            Some(&i) => full.nodes[i] = node.clone(),
+            None => {
+                index.insert(node.name.clone(), full.nodes.len());
+                full.nodes.push(node.clone());
+            }
+        }
+    }
+    if !delta.remove_nodes.is_empty() {
+        full.nodes.retain(|n| !delta.remove_nodes.contains(&n.name));
+        *index = index_of(full);
+    }
+    if let Some(geo) = &delta.geo {
+        full.geo = Some(geo.clone());
+    }
+    if let Some(options) = delta.options {
+        full.options = Some(options);
+    }
+}
+
 /// The update that takes a subscriber from `old` to `new`.
 pub fn update_between(old: &Snapshot, new: &Snapshot) -> SnapshotUpdate {
-    let full = || SnapshotUpdate {
-        kind: Some(Kind::Full(new.clone())),
-    };
+    SnapshotUpdate {
+        kind: Some(match delta_between(old, new) {
+            Some(d) => Kind::Delta(d),
+            None => Kind::Full(new.clone()),
+        }),
+    }
+}
+
+/// The delta from `old` to `new`, unless the whole of `new` should be sent:
+/// zones added, removed or reordered (nodes refer to zones by index), or a
+/// delta that is not much smaller.
+fn delta_between(old: &Snapshot, new: &Snapshot) -> Option<SnapshotDelta> {
     let same_zone_order = old.zones.len() == new.zones.len()
         && old
             .zones
@@ -142,15 +338,10 @@ pub fn update_between(old: &Snapshot, new: &Snapshot) -> SnapshotUpdate {
             .zip(&new.zones)
             .all(|(a, b)| a.apex == b.apex);
     if !same_zone_order {
-        return full();
+        return None;
     }
     let delta = diff(old, new);
-    if delta.encoded_len() * 2 > new.encoded_len() {
-        return full();
-    }
-    SnapshotUpdate {
-        kind: Some(Kind::Delta(delta)),
-    }
+    (delta.encoded_len() * 2 <= new.encoded_len()).then_some(delta)
 }
 
 /// Delta from `old` to `new` (zone order must match).

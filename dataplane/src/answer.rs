@@ -149,7 +149,8 @@ struct NameAt<'n> {
 
 /// A query answered without records: its RCODE, and what of it parsed.
 struct Early {
-    question: Option<Question>,
+    /// Whether the question parsed (it is then in the caller's `Question`).
+    question: bool,
     edns: Option<Edns>,
     rcode: u16,
 }
@@ -216,10 +217,12 @@ pub fn answer(
     let reply_flags = flags::QR | (header.flags & (flags::OPCODE_MASK | flags::RD | flags::CD));
     let our_udp = snapshot.edns_udp_size();
 
-    let (q, edns) = match screen(query, &header) {
-        Ok(ok) => ok,
+    // On the stack once per query and parsed in place: never moved.
+    let mut q = Question::EMPTY;
+    let edns = match screen(query, &header, &mut q) {
+        Ok(edns) => edns,
         Err(e) => {
-            let q = e.question.as_ref();
+            let q = Some(&q).filter(|_| e.question);
             let cookie = state
                 .cookies
                 .reply(e.edns.as_ref().and_then(|e| e.cookie.as_ref()));
@@ -270,40 +273,39 @@ pub fn answer(
     r.finish(edns, our_udp, cookie)
 }
 
-/// Steps 2 and 3: the query is parsed and checked; `Err` carries the
-/// RCODE of a reply without records.
-// Both variants hold a `Question` on the stack, once per query; boxing the
-// error would allocate on the hot path.
-#[allow(clippy::result_large_err)]
-fn screen(query: &[u8], header: &Header) -> Result<(Question, Option<Edns>), Early> {
+/// Steps 2 and 3: the query is parsed (the question into `q`) and
+/// checked; `Err` carries the RCODE of a reply without records.
+fn screen(query: &[u8], header: &Header, q: &mut Question) -> Result<Option<Edns>, Early> {
     if header.opcode() != 0 {
-        let question = Question::parse(query, header).ok();
-        let edns = question
-            .as_ref()
-            .and_then(|q| wire::parse_edns(query, header, q.end).ok().flatten());
+        let question = q.parse_into(query, header).is_ok();
+        let edns = if question {
+            wire::parse_edns(query, header, q.end).ok().flatten()
+        } else {
+            None
+        };
         return Err(Early {
             question,
             edns,
             rcode: rcode::NOTIMP,
         });
     }
-    let Ok(q) = Question::parse(query, header) else {
+    if q.parse_into(query, header).is_err() {
         return Err(Early {
-            question: None,
+            question: false,
             edns: None,
             rcode: rcode::FORMERR,
         });
-    };
+    }
     let Ok(edns) = wire::parse_edns(query, header, q.end) else {
         return Err(Early {
-            question: Some(q),
+            question: true,
             edns: None,
             rcode: rcode::FORMERR,
         });
     };
     let early = |rcode| {
         Err(Early {
-            question: Some(q),
+            question: true,
             edns,
             rcode,
         })
@@ -318,7 +320,7 @@ fn screen(query: &[u8], header: &Header) -> Result<(Question, Option<Edns>), Ear
         rtype::OPT | rtype::TSIG => early(rcode::FORMERR),
         rtype::AXFR | rtype::IXFR => early(rcode::REFUSED),
         128..=249 | rtype::MAILB | rtype::MAILA => early(rcode::NOTIMP),
-        _ => Ok((q, edns)),
+        _ => Ok(edns),
     }
 }
 
@@ -654,9 +656,21 @@ impl<'a> Reply<'a> {
         let picks = match plan.policy {
             Policy::Weighted => select::weighted(&plan.cumulative, wanted, &mut state.rng),
             Policy::Failover => select::first(plan.candidates.len(), wanted),
-            // Geolocation and latency pickers arrive with their own issues;
-            // until then the first (best-ranked) candidate serves.
-            Policy::RoundRobin | Policy::Unspecified | Policy::Geolocation | Policy::Latency => {
+            // Latency: one candidate per rotation of the tie group, each
+            // already cut to `max_answers` and signed as a whole; they
+            // answer in turn.
+            Policy::Latency => {
+                let n = plan.candidates.len() as u64;
+                let i = state.rotation.checked_rem(n).unwrap_or(0) as usize;
+                state.rotation = state.rotation.wrapping_add(1);
+                let Some(c) = plan.candidates.get(i) else {
+                    return Ok(false);
+                };
+                let n = c.rrset.records.len();
+                self.put_rrset(owner, &c.rrset, 0, n, dnssec_ok)?;
+                return Ok(n > 0);
+            }
+            Policy::RoundRobin | Policy::Unspecified | Policy::Geolocation => {
                 let Some(c) = plan.candidates.first() else {
                     return Ok(false);
                 };
@@ -695,6 +709,10 @@ impl<'a> Reply<'a> {
             _ => (state.cookies.client, 0),
         };
         let hit = match (snap.geo(), ip) {
+            // The scope only matters when it is sent back.
+            (Some(t), Some(ip)) if ecs.is_some() && used > 0 => {
+                t.lookup_scoped(ip, |r| g.class_of(r))
+            }
             (Some(t), Some(ip)) => t.lookup(ip),
             (Some(t), None) => t.unplaced(),
             (None, _) => crate::geo::GeoHit {
@@ -703,14 +721,41 @@ impl<'a> Reply<'a> {
                 scope: 0,
             },
         };
-        let (pick, reason) = g.pick(hit.region);
-        let Some(c) = pick.and_then(|i| plan.candidates.get(i)) else {
+        let (group, reason) = g.pick(hit.region);
+        let Some(group) = group else {
             return Ok(false);
         };
-        if c.rrset.records.is_empty() {
+        let start = usize::from(group.start);
+        let Some(cands) = plan.candidates.get(start..start + usize::from(group.len)) else {
             return Ok(false);
+        };
+        match cands {
+            // The region's set, rotated.
+            [c] => {
+                if c.rrset.records.is_empty() {
+                    return Ok(false);
+                }
+                self.put_candidate(plan, c, owner, dnssec_ok, state)?;
+            }
+            // One single-record candidate per server: drawn by weight. A
+            // DNSSEC client gets one (each is signed alone).
+            _ => {
+                let wanted = if dnssec_ok && cands.iter().any(|c| !c.rrset.sigs.is_empty()) {
+                    1
+                } else {
+                    picks_wanted(plan.max_answers)
+                };
+                let picks = select::weighted(g.cumulative(group), wanted, &mut state.rng);
+                if picks.is_empty() {
+                    return Ok(false);
+                }
+                for &i in picks.as_slice() {
+                    if let Some(c) = cands.get(i as usize) {
+                        self.put_rrset(owner, &c.rrset, 0, c.rrset.records.len(), dnssec_ok)?;
+                    }
+                }
+            }
         }
-        self.put_candidate(plan, c, owner, dnssec_ok, state)?;
         if ecs.is_some() {
             self.ecs_scope = Some(hit.scope.min(used));
         }

@@ -111,7 +111,10 @@ impl Publisher {
         encoded: Arc<[u8]>,
     ) -> bool {
         let started = std::time::Instant::now();
-        let snap = match Snapshot::try_from(proto) {
+        // The served snapshot lends its geo table when the generation of the
+        // table is unchanged (most updates: health, records).
+        let prev = self.handle.get().map(|h| h.load_full());
+        let snap = match Snapshot::compile(proto, prev.as_deref()) {
             Ok(s) => s,
             Err(e) => {
                 self.metrics.snapshots_rejected.fetch_add(1, Relaxed);
@@ -123,6 +126,7 @@ impl Publisher {
                 return false;
             }
         };
+        drop(prev);
         let _guard = self.lock.lock().await;
         let generation = snap.generation();
         match self.handle.get() {
@@ -236,7 +240,7 @@ async fn stream_once(
                     publisher.metrics.snapshots_rejected.fetch_add(1, Relaxed);
                     return Err((got_any, "delta before any full snapshot".into()));
                 };
-                let Ok(b) = opengslb_proto::Snapshot::decode(&b[..]) else {
+                let Ok(b) = crate::cache::decode_snapshot(&b[..]) else {
                     publisher.metrics.snapshots_rejected.fetch_add(1, Relaxed);
                     return Err((got_any, "delta base does not decode".into()));
                 };

@@ -184,8 +184,9 @@ pub struct Snapshot {
     apexes: HashMap<Box<[u8]>, u32>,
     /// Routing-decision counters; `Plan::counter` indexes this.
     decisions: Box<[Arc<DecisionCounter>]>,
-    /// The geo range table (none when the snapshot has none).
-    geo: Option<Box<crate::geo::GeoTable>>,
+    /// The geo range table (none when the snapshot has none); shared with
+    /// the previous snapshot while the table's own generation is unchanged.
+    geo: Option<Arc<crate::geo::GeoTable>>,
     /// Answer EDNS Client Subnet with a scope.
     ecs_enabled: bool,
     /// Geo counters; `GeoPlan::counters` indexes this.
@@ -253,7 +254,7 @@ pub(crate) struct Node {
 /// record count `n` (u32, native order), the end offset of each record (`n`
 /// u32, counted from the first record's start; record `i` starts at end
 /// `i-1`, or 0), then the records.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Records {
     buf: Box<[u8]>,
 }
@@ -421,8 +422,25 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
     type Error = InvalidSnapshot;
 
     fn try_from(msg: &proto::Snapshot) -> Result<Self, InvalidSnapshot> {
+        Self::compile(msg, None)
+    }
+}
+
+impl Snapshot {
+    /// Validates and compiles `msg`. The geo range table of `prev` is reused
+    /// (one `Arc` clone instead of decoding hundreds of thousands of ranges)
+    /// when `msg` carries a table of the same non-zero generation: the
+    /// controlplane changes a table's generation whenever its content
+    /// changes.
+    pub fn compile(
+        msg: &proto::Snapshot,
+        prev: Option<&Snapshot>,
+    ) -> Result<Self, InvalidSnapshot> {
         let mut zones = Vec::with_capacity(msg.zones.len());
         let mut apexes = HashMap::with_capacity(msg.zones.len());
+        // The same apexes in the build's own index (no SipHash): every node
+        // is checked against it, one to a few lookups per node.
+        let mut apex_index = names::NameIndex::with_capacity(msg.zones.len(), 16);
         for (i, z) in msg.zones.iter().enumerate() {
             check_name(&z.apex, "zone apex")?;
             let soa = z
@@ -436,6 +454,7 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             if apexes
                 .insert(z.apex.clone().into_boxed_slice(), index)
                 .is_some()
+                || apex_index.insert(&z.apex) != Some(index)
             {
                 return Err(InvalidSnapshot::DuplicateZone { zone: i });
             }
@@ -453,6 +472,7 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
 
         let mut decisions = Vec::new();
         let mut nodes = Vec::with_capacity(msg.nodes.len() + zones.len());
+        crate::memory::advise_huge_pages(&nodes);
         let avg_len = msg.nodes.first().map_or(0, |n| n.name.len() + 2);
         let mut names = names::NameIndex::with_capacity(msg.nodes.len() + zones.len(), avg_len);
         for (i, n) in msg.nodes.iter().enumerate() {
@@ -464,7 +484,7 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
                     index: n.zone,
                     zones: msg.zones.len(),
                 })?;
-            if closest(&apexes, &n.name) != Some(n.zone) {
+            if closest(&apex_index, &n.name) != Some(n.zone) {
                 return Err(InvalidSnapshot::NodeOutsideZone { node: i });
             }
             let apex = if n.name == zone.apex {
@@ -522,7 +542,10 @@ impl TryFrom<&proto::Snapshot> for Snapshot {
             n => u16::try_from(n).unwrap_or(u16::MAX).max(512),
         };
         let geo = match &msg.geo {
-            Some(t) => Some(Box::new(crate::geo::GeoTable::compile(t)?)),
+            Some(t) => match prev.and_then(|p| p.geo.as_ref()) {
+                Some(g) if t.generation != 0 && g.generation() == t.generation => Some(g.clone()),
+                _ => Some(Arc::new(crate::geo::GeoTable::compile(t)?)),
+            },
             None => None,
         };
         let geo_counters =
@@ -650,8 +673,9 @@ fn check_name(name: &[u8], what: &'static str) -> Result<(), InvalidSnapshot> {
 }
 
 /// Index of the closest enclosing zone of `name` among `apexes`.
-fn closest(apexes: &HashMap<Box<[u8]>, u32>, name: &[u8]) -> Option<u32> {
-    LabelOffsets::new(name).find_map(|at| apexes.get(name.get(at..)?).copied())
+/// (`apexes` holds zone `i` at index `i`.)
+fn closest(apexes: &names::NameIndex, name: &[u8]) -> Option<u32> {
+    LabelOffsets::new(name).find_map(|at| apexes.get(name.get(at..)?))
 }
 
 fn is_valid_soa(rdata: &[u8]) -> bool {

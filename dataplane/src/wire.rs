@@ -249,27 +249,53 @@ impl Header {
 impl Question {
     /// Parses the single question at offset 12. Checks QDCOUNT = 1.
     pub fn parse(msg: &[u8], header: &Header) -> Result<Self, WireError> {
+        let mut q = Self::EMPTY;
+        q.parse_into(msg, header)?;
+        Ok(q)
+    }
+
+    /// An empty question, to [`Question::parse_into`] (the hot path keeps
+    /// one on its stack instead of moving a returned one around).
+    pub const EMPTY: Self = Self {
+        raw: [0; MAX_NAME_LEN],
+        lower: [0; MAX_NAME_LEN],
+        len: 0,
+        qtype: 0,
+        qclass: 0,
+        end: 0,
+    };
+
+    /// [`Question::parse`] into `self`. On error `self` holds no question
+    /// (an empty name).
+    pub fn parse_into(&mut self, msg: &[u8], header: &Header) -> Result<(), WireError> {
+        self.len = 0;
         if header.qdcount != 1 {
             return Err(WireError::QuestionCount);
         }
-        let mut q = Self {
-            raw: [0; MAX_NAME_LEN],
-            lower: [0; MAX_NAME_LEN],
-            len: 0,
-            qtype: 0,
-            qclass: 0,
-            end: 0,
+        // Almost every question name is uncompressed: find its length
+        // without copying, then copy it once. A pointer (or any error)
+        // takes the general walk, which decides what is wrong.
+        let (pos, len) = match plain_name_len(msg, HEADER_LEN) {
+            Some(len) => {
+                let src = msg
+                    .get(HEADER_LEN..HEADER_LEN + len)
+                    .ok_or(WireError::Truncated)?;
+                self.raw[..len].copy_from_slice(src);
+                (HEADER_LEN + len, len)
+            }
+            None => read_name(msg, HEADER_LEN, &mut self.raw)?,
         };
-        let (pos, len) = read_name(msg, HEADER_LEN, &mut q.raw)?;
-        for (l, r) in q.lower.iter_mut().zip(&q.raw[..len]) {
+        let (raw, lower) = (&self.raw[..len], &mut self.lower[..len]);
+        for (l, r) in lower.iter_mut().zip(raw) {
             // Length octets are < 64, below b'A', so lower-casing them is a no-op.
             *l = r.to_ascii_lowercase();
         }
-        q.len = u8::try_from(len).map_err(|_| WireError::NameTooLong)?;
-        q.qtype = read_u16(msg, pos).ok_or(WireError::Truncated)?;
-        q.qclass = read_u16(msg, pos + 2).ok_or(WireError::Truncated)?;
-        q.end = pos + 4;
-        Ok(q)
+        let len8 = u8::try_from(len).map_err(|_| WireError::NameTooLong)?;
+        self.qtype = read_u16(msg, pos).ok_or(WireError::Truncated)?;
+        self.qclass = read_u16(msg, pos + 2).ok_or(WireError::Truncated)?;
+        self.end = pos + 4;
+        self.len = len8;
+        Ok(())
     }
 
     /// The name as the client wrote it, uncompressed, in wire format.
@@ -453,6 +479,26 @@ fn read_u32(msg: &[u8], pos: usize) -> Option<u32> {
 
 /// Reads a possibly compressed name at `start` into `out`, uncompressed.
 /// Returns the offset just past the name where it started and its length.
+/// Length of the uncompressed, well-formed name at `start` of `msg`, or
+/// `None` when it holds a pointer, is cut short, too long or malformed.
+#[inline]
+fn plain_name_len(msg: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    loop {
+        let l = usize::from(*msg.get(pos)?);
+        if l > 63 {
+            return None;
+        }
+        pos += 1 + l;
+        if pos - start > MAX_NAME_LEN {
+            return None;
+        }
+        if l == 0 {
+            return Some(pos - start);
+        }
+    }
+}
+
 fn read_name(
     msg: &[u8],
     start: usize,

@@ -188,6 +188,8 @@ fn fixture() -> proto::Snapshot {
                 vec![round_robin(28, 300, (1..=40).map(v6).collect())],
             ),
             node("geo.gslb.test.", vec![], vec![geo_plan()]),
+            node("wgeo.gslb.test.", vec![], vec![weighted_geo_plan()]),
+            node("lat.gslb.test.", vec![], vec![latency_plan()]),
         ],
         geo: Some(geo_table()),
         options: Some(proto::ServeOptions {
@@ -247,6 +249,53 @@ fn geo_plan() -> proto::AnswerPlan {
     }
 }
 
+/// Geolocation, `region_selection: weighted`: a and b draw among the same
+/// two weighted servers (one answer class, so the ECS scope widens over the
+/// 1,000 alternating ranges, up to the widening budget); anyone else → .61.
+fn weighted_geo_plan() -> proto::AnswerPlan {
+    let one = |region, last: u8, weight| proto::Candidate {
+        rrset: Some(rrset(1, 30, vec![v4(last)])),
+        weight,
+        region,
+        geo_fallback: 0,
+    };
+    proto::AnswerPlan {
+        rtype: 1,
+        policy: proto::Policy::Geolocation as i32,
+        max_answers: 2,
+        candidates: vec![
+            one(u32::MAX, 61, 1),
+            one(0, 71, 1),
+            one(0, 72, 3),
+            one(1, 71, 1),
+            one(1, 72, 3),
+        ],
+        when_all_down: proto::WhenAllDown::Servfail as i32,
+        ecs_max_prefix_v4: 24,
+        ecs_max_prefix_v6: 56,
+    }
+}
+
+/// Latency: a tie group of two rotated, then the next server (one
+/// candidate per rotation).
+fn latency_plan() -> proto::AnswerPlan {
+    let set = |lasts: &[u8]| proto::Candidate {
+        rrset: Some(rrset(1, 30, lasts.iter().map(|&l| v4(l)).collect())),
+        weight: 1,
+        region: 0,
+        geo_fallback: 0,
+    };
+    proto::AnswerPlan {
+        rtype: 1,
+        policy: proto::Policy::Latency as i32,
+        max_answers: 3,
+        candidates: vec![set(&[81, 82, 83]), set(&[82, 81, 83])],
+        when_all_down: proto::WhenAllDown::Servfail as i32,
+        ecs_max_prefix_v4: 0,
+        ecs_max_prefix_v6: 0,
+    }
+}
+
 // === queries ===
 
 fn query(n: &str, rt: RecordType) -> Message {
@@ -271,9 +320,14 @@ fn bytes(m: &Message) -> Vec<u8> {
 /// Appends an OPT record (payload 1232) carrying an EDNS Client Subnet
 /// option for 198.51.100.0/24 (RFC 7871), written by hand.
 fn with_ecs(m: Message) -> Vec<u8> {
+    with_ecs_at(m, [198, 51, 100])
+}
+
+/// As [`with_ecs`], for the /24 `net`.
+fn with_ecs_at(m: Message, net: [u8; 3]) -> Vec<u8> {
     let mut b = bytes(&m);
     b[11] = 1; // ARCOUNT
-    let ecs = [0, 1, 24, 0, 198, 51, 100]; // family, source, scope, address
+    let ecs = [0, 1, 24, 0, net[0], net[1], net[2]]; // family, source, scope, address
     b.extend_from_slice(&[0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0]);
     b.extend_from_slice(&(4 + ecs.len() as u16).to_be_bytes());
     b.extend_from_slice(&8u16.to_be_bytes());
@@ -629,6 +683,21 @@ fn geo_with_ecs_over_tcp() {
     let q = with_ecs(query("geo.gslb.test.", RecordType::A));
     let want = expect(ResponseCode::NoError, 2, false, true);
     assert_no_alloc("geolocation + ECS over TCP", &q, Transport::Tcp, want);
+}
+
+#[test]
+fn geo_weighted_with_ecs_scope_widening() {
+    // ECS 20.0.100.0/24: among 1,000 ranges of one answer class.
+    let q = with_ecs_at(query("wgeo.gslb.test.", RecordType::A), [20, 0, 100]);
+    let want = expect(ResponseCode::NoError, 2, false, true);
+    assert_no_alloc("weighted geolocation + ECS scope widening", &q, Transport::Udp, want);
+}
+
+#[test]
+fn latency_rotations() {
+    let q = bytes(&query("lat.gslb.test.", RecordType::A));
+    let want = expect(ResponseCode::NoError, 3, false, false);
+    assert_no_alloc("latency tie group + fill", &q, Transport::Udp, want);
 }
 
 #[test]

@@ -233,6 +233,8 @@ struct Sample {
     invalid: u64,
     unanswered: u64,
     generations: u64,
+    /// Generations the dataplane applied (its "serving snapshot" log lines).
+    applied: u64,
     secs: f64,
 }
 
@@ -277,7 +279,9 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
         .args(["--controlplane", &format!("127.0.0.1:{grpc}")])
         .arg("--cache-dir")
         .arg(dir.join("dp-cache"))
-        .args(["--log-level", "warn"])
+        // `info`: one "serving snapshot" line per generation applied, which
+        // counts the swaps exactly (the checker's SOA samples are a bound).
+        .args(["--log-level", "info"])
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("dp.log"))?)
         .stderr(std::fs::File::create(dir.join("dp.err"))?)
@@ -318,7 +322,8 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
             )?;
             println!(
                 "rep {rep} swaps {:>3}: qps {:.0} dp_cpu {:.1}% qps/core {:.0} lost {} \
-                 checked {} invalid {} unanswered {} generations served {} ({:.1}/s)",
+                 checked {} invalid {} unanswered {} generations served {} ({:.1}/s), \
+                 applied by the dataplane {} ({:.1}/s)",
                 if swaps { "on" } else { "off" },
                 s.qps,
                 s.cpu * 100.0,
@@ -329,6 +334,8 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
                 s.unanswered,
                 s.generations,
                 s.generations as f64 / s.secs,
+                s.applied,
+                s.applied as f64 / s.secs,
             );
             if swaps { &mut on } else { &mut off }.push(s);
         }
@@ -344,6 +351,7 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
     let unanswered: u64 = off.iter().chain(&on).map(|s| s.unanswered).sum();
     let checked: u64 = off.iter().chain(&on).map(|s| s.checked).sum();
     let gens: u64 = on.iter().map(|s| s.generations).sum();
+    let applied: u64 = on.iter().map(|s| s.applied).sum();
     let gen_secs: f64 = on.iter().map(|s| s.secs).sum();
     let ratio = if m_off > 0.0 { m_on / m_off } else { 0.0 };
     println!();
@@ -357,6 +365,10 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
         "generations served while swapping: {gens} in {gen_secs:.1} s = {:.1}/s (asked {}/s)",
         gens as f64 / gen_secs.max(1e-9),
         o.per_sec
+    );
+    println!(
+        "generations applied by the dataplane while swapping: {applied} = {:.1}/s",
+        applied as f64 / gen_secs.max(1e-9)
     );
     println!("dnsperf lost queries: {lost}");
     println!("checker: {checked} answers checked, {invalid} invalid, {unanswered} unanswered");
@@ -416,12 +428,14 @@ fn measure(
             (Ok(()), b)
         })
     });
+    let a0 = applied_count(dir);
     let c0 = cpu_ticks(dp_pid)?;
     let t0 = Instant::now();
     let tag = format!("r{rep}-{}", if swaps { "swaps" } else { "plain" });
     let res = dnsperf(server, &o.queries, o.secs, Some(rate), dir, &tag);
     let secs = t0.elapsed().as_secs_f64();
     let c1 = cpu_ticks(dp_pid)?;
+    let a1 = applied_count(dir);
     stop.store(true, Relaxed);
     let _ = checker.join();
     if let Some(h) = swapper {
@@ -442,8 +456,19 @@ fn measure(
         unanswered: counts[2].load(Relaxed),
         // Serials seen beyond the first: swaps observed in this run.
         generations: generations.saturating_sub(1),
+        applied: a1.saturating_sub(a0),
         secs,
     })
+}
+
+/// Generations the dataplane has applied so far: its "serving snapshot"
+/// log lines (stdout or stderr, whichever the log goes to).
+fn applied_count(dir: &Path) -> u64 {
+    ["dp.log", "dp.err"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .map(|t| t.matches("serving snapshot").count() as u64)
+        .sum()
 }
 
 /// Runs dnsperf on CPU 1; returns (qps, lost queries).

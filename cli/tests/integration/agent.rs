@@ -486,3 +486,167 @@ fn agent_config_errors_name_file_and_line_and_gossip_is_refused() {
     assert_eq!(code, Some(2));
     assert!(err.contains("agent.controlplanes[0]"), "{err}");
 }
+
+/// The SHA-256 of the certificate in PEM file `path`, as the API shows it.
+fn cert_fingerprint(path: &std::path::Path) -> String {
+    let pem = std::fs::read_to_string(path).unwrap();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    opengslb_controlplane::overwatch::tls::fingerprint(&base64_decode(&b64))
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = A.iter().position(|a| *a == c).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn agent_rotates_a_certificate_near_expiry_and_the_old_one_is_refused() {
+    use opengslb_controlplane::overwatch::tls::{self, Identity, PinStore, Trust};
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let g = Gslb::start_with(with_agents(listen));
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = g.dir.path().join("agent");
+    let dirs = [g.dir.path().to_path_buf()];
+    let logs = || read_logs(&dirs);
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin("opengslb"))
+            .args(["--api", &g.grpc.to_string(), "--token-file"])
+            .arg(g.dir.path().join("api.token"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (cert, key) = (dir.join("id/agent.crt"), dir.join("id/agent.key"));
+
+    // First start: identity made, pinned.
+    let mut agent = Agent::start(dir.clone(), &[listen], backend.local_addr().unwrap());
+    wait_for(
+        g.dns,
+        &["127.0.0.1", "198.51.100.7"],
+        Duration::from_secs(20),
+        "agent joins",
+        &logs,
+    );
+    let v = cli(&["--output", "json", "agents", "list"]);
+    let id = v["agents"][0]["agent_id"].as_str().unwrap().to_owned();
+    let first = v["agents"][0]["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(first, cert_fingerprint(&cert));
+    agent.terminate();
+    drop(agent);
+    wait_for(
+        g.dns,
+        &["198.51.100.7"],
+        Duration::from_secs(3),
+        "deregistration",
+        &logs,
+    );
+
+    // Its certificate is now 61 days old: within the renewal margin of the
+    // 90-day certificate.
+    let old_pem = std::fs::read_to_string(&cert).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&cert)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(61 * 86_400))
+        .unwrap();
+    let agent = Agent::start(dir.clone(), &[listen], backend.local_addr().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        last = cli(&["--output", "json", "agents", "list"]);
+        let a = &last["agents"][0];
+        if a["fingerprint"].as_str() != Some(first.as_str()) && a["connected"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = &last["agents"][0];
+    let second = a["fingerprint"].as_str().unwrap().to_owned();
+    assert_ne!(second, first, "re-pinned: {last}\n{}", agent.log());
+    assert_eq!(
+        a["agent_id"].as_str(),
+        Some(id.as_str()),
+        "same key, same id"
+    );
+    assert_eq!(a["connected"], true);
+    assert_eq!(a["revoked"], false);
+    // The controlplane pins exactly the certificate the agent now holds.
+    assert_eq!(second, cert_fingerprint(&cert));
+    let previous = dir.join("id/agent.crt.previous");
+    assert_eq!(std::fs::read_to_string(&previous).unwrap(), old_pem);
+    for f in [&cert, &key, &previous] {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    assert!(
+        agent.log().contains("certificate rotated"),
+        "{}",
+        agent.log()
+    );
+    // Served with the new certificate.
+    wait_for(
+        g.dns,
+        &["127.0.0.1", "198.51.100.7"],
+        Duration::from_secs(5),
+        "agent back with the new certificate",
+        &logs,
+    );
+
+    // The old certificate is refused now; the new one is accepted.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    let try_register = |who: Identity| {
+        rt.block_on(async {
+            let endpoint = listen.to_string();
+            let trust = Trust::Pin(std::sync::Arc::new(PinStore::open(None).unwrap()));
+            let cfg = tls::client_config(&who, &endpoint, &trust).unwrap();
+            let ch = tls::connect(&endpoint, cfg, Duration::from_secs(3))
+                .await
+                .unwrap();
+            opengslb_proto::agent_service_client::AgentServiceClient::new(ch)
+                .register(opengslb_proto::RegisterRequest {
+                    agent_id: id.clone(),
+                    region: "v4only".into(),
+                    service_token: AGENT_TOKEN.into(),
+                    backends: vec![opengslb_proto::BackendRef {
+                        service: "agent.gslb.test".into(),
+                        address: "127.0.0.1".into(),
+                        port: u32::from(backend_port),
+                        weight: 100,
+                        check: None,
+                    }],
+                    heartbeat_interval_ms: 1000,
+                    missed_threshold: 3,
+                })
+                .await
+        })
+    };
+    let e = try_register(Identity::load(&previous, &key).unwrap()).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("pinned"), "{e:?}");
+    assert!(try_register(Identity::load(&cert, &key).unwrap()).is_ok());
+    drop(agent);
+    drop(backend);
+}

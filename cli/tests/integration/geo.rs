@@ -70,13 +70,21 @@ fn database(second_is_us: bool) -> Vec<u8> {
 
 /// A controlplane + dataplane with the geo config and `db` at `geo.mmdb`.
 fn start(db: Option<&[u8]>, database_path: &str) -> Gslb {
+    start_polling(db, database_path, None)
+}
+
+/// As [`start`], with `database_poll_interval` set when given.
+fn start_polling(db: Option<&[u8]>, database_path: &str, poll: Option<&str>) -> Gslb {
+    let poll = poll.map_or(String::new(), |p| {
+        format!("    database_poll_interval: {p}\n")
+    });
     let mut g = Gslb::prepare(|c| {
         c.replacen("regions:\n", GEO, 1)
             .replacen("domains:\n", DOMAIN, 1)
             .replacen(
                 "overwatch:\n",
                 &format!(
-                    "overwatch:\n  geolocation:\n    database_path: {database_path}\n    custom_mappings:\n      - {{cidr: 100.64.0.0/10, region: lab}}\n"
+                    "overwatch:\n  geolocation:\n    database_path: {database_path}\n{poll}    custom_mappings:\n      - {{cidr: 100.64.0.0/10, region: lab}}\n"
                 ),
                 1,
             )
@@ -317,4 +325,66 @@ fn a_missing_database_stops_start_up_with_the_file_and_reason() {
         logs.contains("missing.mmdb") && logs.contains("No such file"),
         "{logs}"
     );
+}
+
+#[test]
+fn database_poll_interval_sets_how_soon_a_file_change_is_seen() {
+    let mut g = start_polling(Some(&database(false)), "geo.mmdb", Some("200ms"));
+    g.wait_answering();
+    assert_eq!(ask(&g, Some(("2.2.0.0", 16))).0, one("203.0.113.2"));
+    let changed = Instant::now();
+    std::fs::write(g.dir.path().join("geo.mmdb"), database(true)).unwrap();
+    // The default (5 s) would not see it this soon.
+    eventually("the new table answering within 3 s", &g, 3, || {
+        ask(&g, Some(("2.2.0.0", 16))).0 == one("203.0.113.1")
+    });
+    assert!(changed.elapsed() < Duration::from_secs(3));
+    let reloads = g
+        .cp_metric("opengslb_geo_database_reloads_total{result=\"success\"}")
+        .unwrap_or(0.0);
+    assert!(reloads >= 1.0, "{reloads}");
+}
+
+#[test]
+fn a_bad_database_on_reload_keeps_the_old_table_and_applies_the_config() {
+    // Polling too slow to matter: only the SIGHUP reads the file.
+    let mut g = start_polling(Some(&database(false)), "geo.mmdb", Some("1h"));
+    g.wait_answering();
+    assert_eq!(ask(&g, Some(("2.2.0.0", 16))).0, one("203.0.113.2"));
+    assert_eq!(ask(&g, Some(("100.64.1.0", 24))).0, one("203.0.113.9"));
+
+    // A truncated database (that would make 2.0.0.0/8 US) and a config
+    // change (lab's server) in one reload.
+    let db = database(true);
+    std::fs::write(g.dir.path().join("geo.mmdb"), &db[..db.len() / 3]).unwrap();
+    let text = std::fs::read_to_string(&g.config)
+        .unwrap()
+        .replace("{address: 203.0.113.9}", "{address: 203.0.113.10}");
+    std::fs::write(&g.config, text).unwrap();
+    g.reload_cp();
+    eventually("the reloaded config answering", &g, 15, || {
+        ask(&g, Some(("100.64.1.0", 24))).0 == one("203.0.113.10")
+    });
+    // The old table keeps serving.
+    assert_eq!(ask(&g, Some(("2.2.0.0", 16))).0, one("203.0.113.2"));
+    let logs = g.logs();
+    assert!(
+        logs.contains("GeoIP database reload failed") && logs.contains("geo.mmdb"),
+        "{logs}"
+    );
+    assert_eq!(
+        g.cp_metric("opengslb_geo_database_reloads_total{result=\"failure\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        g.cp_metric("opengslb_config_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
+
+    // Fixed and reloaded: the new table.
+    std::fs::write(g.dir.path().join("geo.mmdb"), &db).unwrap();
+    g.reload_cp();
+    eventually("the new table answering", &g, 15, || {
+        ask(&g, Some(("2.2.0.0", 16))).0 == one("203.0.113.1")
+    });
 }

@@ -18,3 +18,4 @@ mod key_sync;
 mod lifecycle;
 mod operate;
 mod policies;
+mod rollover;

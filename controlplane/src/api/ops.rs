@@ -1131,6 +1131,17 @@ pub async fn dnssec_status(app: &App) -> Result<crate::dnssec::DnssecStatus, Api
     Ok(state.dnssec.status(sync))
 }
 
+/// A refused rollover request as an API error.
+pub fn rollover_error(e: crate::dnssec::rollover::RolloverError) -> ApiError {
+    use crate::dnssec::rollover::RolloverError as E;
+    match e {
+        E::NotFound(m) => ApiError::NotFound(m),
+        E::Conflict(m) => ApiError::Conflict(m),
+        E::BadRequest(m) => ApiError::BadRequest(m),
+        E::Internal(e) => ApiError::from(e),
+    }
+}
+
 /// RFC 3339 (UTC, seconds) of `t`.
 pub fn rfc3339(t: SystemTime) -> String {
     let ms = t

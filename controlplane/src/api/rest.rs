@@ -86,6 +86,16 @@ pub fn routes() -> Vec<Route> {
         (Method::GET, "/api/v1/dnssec/ds", get(dnssec_ds)),
         (Method::GET, "/api/v1/dnssec/status", get(dnssec_status)),
         (
+            Method::GET,
+            "/api/v1/dnssec/rollover",
+            get(dnssec_rollover_status),
+        ),
+        (
+            Method::POST,
+            "/api/v1/dnssec/rollover",
+            post(dnssec_rollover),
+        ),
+        (
             Method::POST,
             "/api/v1/dnssec/keys/export",
             post(dnssec_export),
@@ -349,6 +359,70 @@ async fn dnssec_ds(State(app): State<App>, q: Result<Query<ZoneQuery>, QueryReje
 
 async fn dnssec_status(State(app): State<App>) -> Reply {
     Ok(Json(ops::dnssec_status(&app).await?).into_response())
+}
+
+/// The zone's latest rollover: `{"zone", "rollover"}` (`null` when it
+/// never rolled).
+async fn dnssec_rollover_status(
+    State(app): State<App>,
+    q: Result<Query<ZoneQuery>, QueryRejection>,
+) -> Reply {
+    let Query(q) = q.map_err(query_rejection)?;
+    let zone = q
+        .zone
+        .ok_or_else(|| ApiError::BadRequest("the zone query parameter is required".into()))?;
+    let state = app.state()?;
+    let st = crate::dnssec::rollover::perform(
+        &state,
+        None,
+        &zone,
+        crate::dnssec::rollover::Action::Status,
+    )
+    .await
+    .map_err(ops::rollover_error)?;
+    Ok(
+        Json(json!({"zone": zone.trim_end_matches('.').to_ascii_lowercase(), "rollover": st}))
+            .into_response(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloverRequest {
+    zone: String,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// Starts (`action` absent or `start`), confirms the DS of
+/// (`ds-published`) or cancels (`cancel`) a zone's key rollover.
+async fn dnssec_rollover(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let req: RolloverRequest = json_body(body)?;
+    let action = crate::dnssec::rollover::Action::parse(
+        req.action.as_deref().unwrap_or("start"),
+        req.key.as_deref(),
+    )
+    .map_err(ops::rollover_error)?;
+    let state = app.state()?;
+    let from = caller.from.to_string();
+    let st = crate::dnssec::rollover::perform(
+        &state,
+        Some((caller.who.as_str(), from.as_str())),
+        &req.zone,
+        action,
+    )
+    .await
+    .map_err(ops::rollover_error)?;
+    Ok(
+        Json(json!({"zone": req.zone.trim_end_matches('.').to_ascii_lowercase(), "rollover": st}))
+            .into_response(),
+    )
 }
 
 async fn dnssec_export(State(app): State<App>, Extension(caller): Extension<Caller>) -> Reply {

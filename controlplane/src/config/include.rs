@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::lines::LineMap;
+use super::lines::{LineMap, Lines};
 use super::validate;
 use super::{Config, ConfigError, ConfigIssue, DomainConfig, RegionConfig, ZoneConfig};
 
@@ -34,7 +34,7 @@ pub(crate) const MAX_DEPTH: usize = 10;
 /// One file that went into the config.
 pub(crate) struct Source {
     pub(crate) file: PathBuf,
-    pub(crate) lines: LineMap,
+    pub(crate) lines: Lines,
 }
 
 /// Where a merged list item came from: a file and its index in that file.
@@ -139,7 +139,7 @@ pub(crate) fn load_all(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let text =
         expand_env(text, file, &|name| std::env::var(name).ok()).map_err(ConfigError::Invalid)?;
     let (cfg, lines) =
-        parse_one::<Config>(&text, file).map_err(|i| ConfigError::Invalid(vec![i]))?;
+        parse_one::<Config>(text, file).map_err(|i| ConfigError::Invalid(vec![i]))?;
     let own = |n: usize| {
         (0..n)
             .map(|index| Origin { source: 0, index })
@@ -281,7 +281,7 @@ impl Loader {
                         continue;
                     }
                 };
-                let (inc, lines) = match parse_one::<IncludedConfig>(&text, &path) {
+                let (inc, lines) = match parse_one::<IncludedConfig>(text, &path) {
                     Ok(v) => v,
                     Err(issue) => {
                         self.issues.push(main_only(issue));
@@ -440,18 +440,28 @@ pub(crate) fn expand_env(
     }
 }
 
-/// Deserializes one file, naming line and key in its error.
+/// Deserializes one file, naming line and key in its error. The text comes
+/// back as the file's [`Lines`], which map keys to lines only when asked
+/// (an error to report): a valid file is parsed once.
 pub(crate) fn parse_one<T: DeserializeOwned + Default>(
-    text: &str,
+    text: impl Into<String>,
     file: &Path,
-) -> Result<(T, LineMap), ConfigIssue> {
+) -> Result<(T, Lines), ConfigIssue> {
+    let text: String = text.into();
     let issue = |line, key: String, message| ConfigIssue {
         file: file.to_owned(),
         line,
         key,
         message,
     };
-    let lines = LineMap::build(text).map_err(|(line, msg)| {
+    let e = match serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text)) {
+        Ok(v) => return Ok((v, Lines::new(text))),
+        Err(e) => e,
+    };
+    // The error path: yaml-rust2's event parser names the line of a syntax
+    // error, tells an empty document (all defaults) from a bad one, and maps
+    // the failing key path to its line.
+    let lines = LineMap::build(&text).map_err(|(line, msg)| {
         issue(
             Some(line),
             ".".to_owned(),
@@ -459,22 +469,17 @@ pub(crate) fn parse_one<T: DeserializeOwned + Default>(
         )
     })?;
     if !lines.has_root {
-        return Ok((T::default(), lines));
+        return Ok((T::default(), Lines::new(text)));
     }
-    match serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)) {
-        Ok(v) => Ok((v, lines)),
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let line = lines
-                .contains(&path)
-                .then(|| lines.line(&path))
-                .flatten()
-                .or_else(|| inner.location().map(|l| l.line()))
-                .or_else(|| lines.line(&path));
-            Err(issue(line, path, clean_message(&inner.to_string())))
-        }
-    }
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let line = lines
+        .contains(&path)
+        .then(|| lines.line(&path))
+        .flatten()
+        .or_else(|| inner.location().map(|l| l.line()))
+        .or_else(|| lines.line(&path));
+    Err(issue(line, path, clean_message(&inner.to_string())))
 }
 
 /// Drops serde_yaml's own `path: ` prefix and ` at line N column M` suffix.

@@ -471,7 +471,16 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
             "must not be shorter than threshold",
         );
     }
+    if !(1..=1_000_000).contains(&ow.max_agent_connections) {
+        r.at("overwatch.max_agent_connections", "must be 1-1000000");
+    }
     let geo = &ow.geolocation;
+    if geo.database_poll_interval.is_zero() {
+        r.at(
+            "overwatch.geolocation.database_poll_interval",
+            "must be greater than 0",
+        );
+    }
     if let Some(name) = &geo.default_region {
         if !regions.contains(name.as_str()) {
             r.at(
@@ -546,6 +555,11 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
         }
         if agent.heartbeat.interval.is_zero() {
             r.at("agent.heartbeat.interval", "must be greater than 0");
+        }
+        if let Some(url) = &agent.predictive.error_rate.endpoint {
+            if let Err(e) = crate::config::parse_local_http_url(url) {
+                r.at("agent.predictive.error_rate.endpoint", e);
+            }
         }
     }
 }

@@ -9,7 +9,9 @@
 //! - `opengslb_dnssec_next_expiry_seconds{zone}` — seconds until the
 //!   zone's earliest signature expires;
 //! - `opengslb_dnssec_key_sync_success_total`,
-//!   `opengslb_dnssec_key_sync_failures_total{peer}` — key sync polls.
+//!   `opengslb_dnssec_key_sync_failures_total{peer}` — key sync polls;
+//! - `opengslb_dnssec_rollover_phase{zone,phase}` — 1 per key rollover in
+//!   progress, in its phase.
 //!
 //! Labels are bounded by the config: zones and their keys, configured peers.
 
@@ -32,6 +34,7 @@ pub struct DnssecCollector {
     next_expiry: IntGaugeVec,
     sync_success: IntCounter,
     sync_failures: IntCounterVec,
+    rollover_phase: IntGaugeVec,
     descs: Vec<Desc>,
 }
 
@@ -81,7 +84,15 @@ impl DnssecCollector {
             ),
             &["peer"],
         )?;
+        let rollover_phase = IntGaugeVec::new(
+            Opts::new(
+                "opengslb_dnssec_rollover_phase",
+                "1 for each zone with a key rollover in progress, labelled with its phase.",
+            ),
+            &["zone", "phase"],
+        )?;
         let descs = [
+            rollover_phase.desc(),
             enabled.desc(),
             key_age.desc(),
             signatures.desc(),
@@ -104,6 +115,7 @@ impl DnssecCollector {
             next_expiry,
             sync_success,
             sync_failures,
+            rollover_phase,
             descs,
         })
     }
@@ -145,7 +157,14 @@ impl Collector for DnssecCollector {
             let c = self.sync_failures.with_label_values(&[peer.as_str()]);
             c.inc_by(total.saturating_sub(c.get()));
         }
+        self.rollover_phase.reset();
+        for (zone, phase) in self.dnssec.rollover_phases() {
+            self.rollover_phase
+                .with_label_values(&[zone.as_str(), phase.as_str()])
+                .set(1);
+        }
         let mut out = Vec::new();
+        out.extend(self.rollover_phase.collect());
         out.extend(self.enabled.collect());
         out.extend(self.key_age.collect());
         out.extend(self.signatures.collect());

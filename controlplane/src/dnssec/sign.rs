@@ -78,9 +78,13 @@ struct ZonePass<'a> {
     signer: &'a mut Signer,
     apex: &'a [u8],
     keys: &'a [Arc<ZoneKey>],
+    /// Tags of keys published but not signing (a rollover in progress).
+    passive: &'a [u16],
     window: Window,
     outcome: &'a mut SignOutcome,
     earliest: Option<u32>,
+    /// Largest TTL of a signed RRset.
+    max_ttl: u32,
 }
 
 // === impl Signer ===
@@ -115,22 +119,22 @@ impl Signer {
         let started = std::time::Instant::now();
         let keyring = self.dnssec.keyring();
         self.pass += 1;
-        let secs = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
-        };
-        let window = Window {
-            now: secs(now),
-            inception: secs(now).saturating_sub(INCEPTION_BACKDATE.as_secs() as u32),
-            expiration: secs(now).saturating_add(clamp_secs(cfg.signature_validity.get())),
-            refresh_before: clamp_secs(cfg.refresh_before.get()),
-        };
+        let window = Window::new(cfg, now);
         let mut earliest: Option<u32> = None;
         let mut zone_expiry = Vec::with_capacity(snap.zones.len());
         let mut zone_signed = Vec::with_capacity(snap.zones.len());
+        let mut zone_ttls = Vec::with_capacity(snap.zones.len());
         for zi in 0..snap.zones.len() {
             let before = outcome.signed;
-            let expiry = self.sign_zone(&keyring, snap, zi, window, cfg.denial, &mut outcome);
+            let expiry = self.sign_zone(
+                &keyring,
+                snap,
+                zi,
+                window,
+                cfg.denial,
+                &mut outcome,
+                &mut zone_ttls,
+            );
             earliest = min_opt(earliest, expiry);
             zone_expiry.push(expiry);
             zone_signed.push(outcome.signed - before);
@@ -158,6 +162,7 @@ impl Signer {
                 .zip(zone_signed)
                 .map(|(z, n)| (z.apex.clone(), n))
                 .collect(),
+            zone_ttls,
         });
         if outcome.signed > 0 {
             tracing::debug!(
@@ -170,7 +175,9 @@ impl Signer {
         outcome
     }
 
-    /// Signs zone `zi`; returns the earliest expiration of its signatures.
+    /// Signs zone `zi`; returns the earliest expiration of its signatures
+    /// and adds (apex, DNSKEY TTL, largest signed TTL) to `ttls`.
+    #[allow(clippy::too_many_arguments)]
     fn sign_zone(
         &mut self,
         keyring: &Keyring,
@@ -179,6 +186,7 @@ impl Signer {
         window: Window,
         denial: DnssecDenial,
         outcome: &mut SignOutcome,
+        ttls: &mut Vec<(Vec<u8>, u32, u32)>,
     ) -> Option<u32> {
         let zone = snap.zones.get_mut(zi)?;
         let apex = zone.apex.clone();
@@ -189,13 +197,16 @@ impl Signer {
             );
             return None;
         };
+        let passive = keyring.passive.get(&apex).map_or(&[][..], Vec::as_slice);
         let mut pass = ZonePass {
             signer: self,
             apex: &apex,
             keys,
+            passive,
             window,
             outcome,
             earliest: None,
+            max_ttl: 0,
         };
         // Apex: DNSKEY, SOA, NS.
         let ttl = zone.soa.as_ref().map_or(3600, |s| s.ttl);
@@ -236,7 +247,65 @@ impl Signer {
                 pass.sign_rrset(owner, set, false);
             }),
         }
+        ttls.push((apex.clone(), ttl, pass.max_ttl));
         pass.earliest
+    }
+}
+
+// === impl Signer (incremental) ===
+
+impl Signer {
+    /// Signs `sets`, owned by `owner` in the zone `apex`, outside a full
+    /// pass (the incremental compile, `crate::compile::incremental`): each
+    /// signature comes from the cache while fresh, or is made anew.
+    /// Returns the RRSIGs made, or `None` when nothing is signed (DNSSEC
+    /// off, or the zone has no keys: the caller then compiles in full).
+    pub fn sign_rrsets(
+        &mut self,
+        cfg: &DnssecConfig,
+        apex: &[u8],
+        owner: &[u8],
+        sets: &mut [&mut RRset],
+        now: SystemTime,
+    ) -> Option<usize> {
+        if !cfg.enabled || !self.dnssec.enabled() {
+            return None;
+        }
+        let keyring = self.dnssec.keyring();
+        let keys = keyring.keys(apex)?;
+        let passive = keyring.passive.get(apex).map_or(&[][..], Vec::as_slice);
+        let mut outcome = SignOutcome::default();
+        let mut pass = ZonePass {
+            signer: self,
+            apex,
+            keys,
+            passive,
+            window: Window::new(cfg, now),
+            outcome: &mut outcome,
+            earliest: None,
+            max_ttl: 0,
+        };
+        for set in sets.iter_mut() {
+            pass.sign_rrset(owner, set, false);
+        }
+        Some(outcome.signed)
+    }
+}
+
+// === impl Window ===
+
+impl Window {
+    fn new(cfg: &DnssecConfig, now: SystemTime) -> Self {
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+        };
+        Self {
+            now: secs(now),
+            inception: secs(now).saturating_sub(INCEPTION_BACKDATE.as_secs() as u32),
+            expiration: secs(now).saturating_add(clamp_secs(cfg.signature_validity.get())),
+            refresh_before: clamp_secs(cfg.refresh_before.get()),
+        }
     }
 }
 
@@ -251,7 +320,11 @@ impl ZonePass<'_> {
             return;
         };
         let rrs = canonical_rrs(owner, rtype, set.ttl, &set.rdata);
+        self.max_ttl = self.max_ttl.max(set.ttl);
         for key in self.keys {
+            if self.passive.contains(&key.key_tag) {
+                continue;
+            }
             let wanted = if dnskey {
                 key.role.signs_keys()
             } else {

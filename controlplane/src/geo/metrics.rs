@@ -16,6 +16,7 @@ pub struct RoutingMetrics {
     selected_ms: GaugeVec,
     rejected: IntCounterVec,
     fallback: IntCounterVec,
+    db_reloads: IntCounterVec,
 }
 
 impl RoutingMetrics {
@@ -46,6 +47,18 @@ impl RoutingMetrics {
             &["domain", "reason"],
         )
         .map_err(err)?;
+        let db_reloads = IntCounterVec::new(
+            Opts::new(
+                "opengslb_geo_database_reloads_total",
+                "GeoIP database reads on SIGHUP/config reload or a file change, by result (success, failure: the old table keeps serving).",
+            ),
+            &["result"],
+        )
+        .map_err(err)?;
+        for result in ["success", "failure"] {
+            db_reloads.with_label_values(&[result]);
+        }
+        metrics.register(Box::new(db_reloads.clone()))?;
         metrics.register(Box::new(selected_ms.clone()))?;
         metrics.register(Box::new(rejected.clone()))?;
         metrics.register(Box::new(fallback.clone()))?;
@@ -53,7 +66,16 @@ impl RoutingMetrics {
             selected_ms,
             rejected,
             fallback,
+            db_reloads,
         })
+    }
+
+    /// Counts one GeoIP database reload (`ok`: read and in use; else the
+    /// old table keeps serving).
+    pub fn geo_db_reloaded(&self, ok: bool) {
+        self.db_reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
     }
 
     /// Records the latency decisions of one compile.

@@ -383,3 +383,31 @@ fn bad_database_files_are_clear_errors() {
     let e = GeoDb::load(&path).unwrap_err().to_string();
     assert!(e.contains("corrupt.mmdb") && e.contains("corrupt"), "{e}");
 }
+
+#[test]
+fn database_poll_interval_defaults_to_5s_and_is_configurable() {
+    assert_eq!(
+        cfg().overwatch.geolocation.database_poll_interval.get(),
+        std::time::Duration::from_secs(5)
+    );
+    let text = CFG.replace(
+        "    default_region: us\n",
+        "    default_region: us\n    database_poll_interval: 250ms\n",
+    );
+    let c = config::parse(&text, Path::new("geo.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.overwatch.geolocation.database_poll_interval.get(),
+        std::time::Duration::from_millis(250)
+    );
+    let zero = CFG.replace(
+        "    default_region: us\n",
+        "    default_region: us\n    database_poll_interval: 0s\n",
+    );
+    let err = config::parse(&zero, Path::new("geo.yaml"))
+        .expect_err("a zero poll interval is refused")
+        .to_string();
+    assert!(
+        err.contains("geo.yaml:") && err.contains("overwatch.geolocation.database_poll_interval"),
+        "{err}"
+    );
+}

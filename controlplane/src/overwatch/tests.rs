@@ -956,3 +956,4 @@ fn pin_store_pins_first_contact_and_refuses_another() {
     std::fs::write(&path, "garbage line\n").unwrap();
     assert!(PinStore::open(Some(path)).is_err());
 }
+mod shared;

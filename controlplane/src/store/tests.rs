@@ -226,3 +226,65 @@ async fn locked_sqlite_is_a_clear_start_up_error() {
     holder.close().await.unwrap();
     Store::open(&url).await.unwrap();
 }
+
+#[tokio::test]
+async fn agent_pins_migrate_pin_rotate_revoke_and_persist() {
+    on_every_engine("agent_pins", |url| async move {
+        let pin = |id: &str, fp: &str| AgentPinRow {
+            agent_id: id.into(),
+            fingerprint: fp.into(),
+            region: "us-east".into(),
+            services: "www.example.com,api.example.com".into(),
+            revoked: false,
+            pinned_at_unix_ms: 1_700_000_000_000,
+            updated_at_unix_ms: 1_700_000_000_000,
+        };
+        {
+            let store = Store::open(&url).await.unwrap();
+            // The migration made an empty table.
+            assert!(store.agent_pins().await.unwrap().is_empty());
+            assert_eq!(store.agent_pin("agent-a").await.unwrap(), None);
+            assert_eq!(
+                store.pin_agent(&pin("agent-a", "fp-1")).await.unwrap(),
+                pin("agent-a", "fp-1")
+            );
+            // First pin wins: a second pin for the id returns the first.
+            assert_eq!(
+                store.pin_agent(&pin("agent-a", "fp-other")).await.unwrap(),
+                pin("agent-a", "fp-1")
+            );
+            store.pin_agent(&pin("agent-b", "fp-b")).await.unwrap();
+            // Rotation only from the pinned fingerprint.
+            assert!(!store
+                .rotate_agent_pin("agent-a", "fp-wrong", "fp-2", 5)
+                .await
+                .unwrap());
+            assert!(store
+                .rotate_agent_pin("agent-a", "fp-1", "fp-2", 5)
+                .await
+                .unwrap());
+            assert!(store.revoke_agent("agent-b", 6).await.unwrap());
+            assert!(!store.revoke_agent("agent-none", 6).await.unwrap());
+            // A revoked agent cannot rotate.
+            assert!(!store
+                .rotate_agent_pin("agent-b", "fp-b", "fp-b2", 7)
+                .await
+                .unwrap());
+        }
+        // Reopened (migrations run again, nothing lost).
+        let store = Store::open(&url).await.unwrap();
+        let all = store.agent_pins().await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].agent_id, "agent-a");
+        assert_eq!(all[0].fingerprint, "fp-2");
+        assert_eq!(all[0].updated_at_unix_ms, 5);
+        assert!(!all[0].revoked);
+        assert_eq!(all[0].services, "www.example.com,api.example.com");
+        assert_eq!(all[0].pinned_at_unix_ms, 1_700_000_000_000);
+        assert_eq!(all[1].agent_id, "agent-b");
+        assert!(all[1].revoked);
+        assert_eq!(all[1].fingerprint, "fp-b");
+        assert_eq!(all[1].updated_at_unix_ms, 6);
+    })
+    .await;
+}

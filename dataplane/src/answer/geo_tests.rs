@@ -350,11 +350,19 @@ fn geo_counters_count_regions_custom_hits_and_fallbacks() {
 }
 
 /// ECS scope property: for random client subnets over a random table,
-/// every address inside the returned scope gets the same answer.
+/// every address inside the returned scope gets the same answer. Regions
+/// eu (1) and asia (2) answer alike (asia falls back to eu's server), and
+/// with a default region gaps answer like it: the scope spans them.
 #[test]
 fn every_address_in_the_scope_gets_the_same_answer() {
-    let mut rng = Rng::new(77);
-    // Random disjoint ranges over 10.0.0.0/8 with random regions.
+    for (seed, default_region) in [(77, None), (78, Some(1)), (79, Some(2)), (80, Some(0))] {
+        scope_property(seed, default_region);
+    }
+}
+
+/// Random disjoint ranges over 10.0.0.0/8 (regions 0-3; 3 is served by
+/// nobody, so it answers like unplaced clients).
+fn random_ranges(rng: &mut Rng, regions: u64) -> Vec<proto::GeoRange> {
     let mut ranges = Vec::new();
     let mut cursor: u32 = 10 << 24;
     while cursor < 11 << 24 {
@@ -364,7 +372,7 @@ fn every_address_in_the_scope_gets_the_same_answer() {
         if cursor >= 11 << 24 {
             break;
         }
-        let region = (rng.next_u64() % 3) as u32;
+        let region = (rng.next_u64() % regions) as u32;
         ranges.push(proto::GeoRange {
             start: cursor.to_be_bytes().to_vec(),
             prefix_len: len,
@@ -373,33 +381,397 @@ fn every_address_in_the_scope_gets_the_same_answer() {
         });
         cursor += size * (1 + (rng.next_u64() % 2) as u32);
     }
-    let mut p = geo_snapshot(true, None);
-    p.geo.as_mut().unwrap().v4 = ranges;
+    ranges
+}
+
+fn four_regions(p: &mut proto::Snapshot) {
+    p.geo.as_mut().unwrap().regions = vec!["us".into(), "eu".into(), "asia".into(), "lab".into()];
+}
+
+fn scope_property(seed: u64, default_region: Option<u32>) {
+    let mut rng = Rng::new(seed);
+    let mut p = geo_snapshot(true, default_region);
+    four_regions(&mut p);
+    p.geo.as_mut().unwrap().v4 = random_ranges(&mut rng, 4);
     p.nodes.last_mut().unwrap().plans[0].ecs_max_prefix_v4 = 32;
     let s = Snapshot::try_from(&p).unwrap();
     let mut st = WorkerState::with_seed(3);
+    let mut wider = 0;
     for _ in 0..2000 {
         let a = (10u32 << 24) | (rng.next_u64() as u32 & 0x00FF_FFFF);
+        let source = [32u8, 24, 20, 16][(rng.next_u64() % 4) as usize];
+        let a = a & u32::MAX.checked_shl(32 - u32::from(source)).unwrap_or(0);
         let a = Ipv4Addr::from(a).to_string();
         let r = ask_from(
             &s,
-            &query("geo.gslb.test.", Some((&a, 32))),
+            &query("geo.gslb.test.", Some((&a, source))),
             "1.1.1.1",
             &mut st,
         );
         let want = addrs(&r);
         let scope = ecs_of(&r).unwrap().2;
+        assert!(scope <= source);
+        // What the range holding the address alone would give.
+        let plain = s
+            .geo()
+            .unwrap()
+            .lookup(a.parse().unwrap())
+            .scope
+            .min(source);
+        assert!(scope <= plain, "never narrower than the range");
+        if scope < plain {
+            wider += 1;
+        }
         let host = u32::MAX.checked_shr(u32::from(scope)).unwrap_or(0);
         let base = u32::from(a.parse::<Ipv4Addr>().unwrap()) & !host;
-        for probe in [base, base | host, base | (rng.next_u64() as u32 & host)] {
+        let mut probes = vec![base, base | host];
+        probes.extend((0..6).map(|_| base | (rng.next_u64() as u32 & host)));
+        for probe in probes {
+            // Asked with the same source prefix (the address is used only
+            // that far: the scope never exceeds it).
+            let probe = probe & u32::MAX.checked_shl(32 - u32::from(source)).unwrap_or(0);
             let pa = Ipv4Addr::from(probe).to_string();
             let r = ask_from(
                 &s,
-                &query("geo.gslb.test.", Some((&pa, 32))),
+                &query("geo.gslb.test.", Some((&pa, source))),
                 "1.1.1.1",
                 &mut st,
             );
-            assert_eq!(addrs(&r), want, "{a} scope /{scope}: {pa} differs");
+            assert_eq!(
+                addrs(&r),
+                want,
+                "default {default_region:?}: {a}/{source} scope /{scope}: {pa} differs"
+            );
         }
+    }
+    assert!(
+        wider > 20,
+        "scopes widened over equal answers only {wider} times"
+    );
+}
+
+/// Neighbouring ranges of regions with the same answer share one scope;
+/// so do a region the name has no server in and the gaps around it; the
+/// widening looks at a bounded number of ranges.
+#[test]
+fn scopes_widen_over_neighbours_with_the_same_answer() {
+    let mut p = geo_snapshot(true, None);
+    four_regions(&mut p);
+    let mut v4 = vec![
+        range("10.0.0.0", 8, 0, false),
+        // eu and asia (down, falls back to eu's server): one answer.
+        range("20.0.0.0", 9, 1, false),
+        range("20.128.0.0", 9, 2, false),
+        // lab: no server of this name, so every server, as in the gaps.
+        range("40.0.0.0", 8, 3, false),
+    ];
+    // 200 /24s alternating eu and asia.
+    for i in 0..200u32 {
+        let start = Ipv4Addr::from((50u32 << 24) | (i << 8)).to_string();
+        v4.push(range(&start, 24, 1 + i % 2, false));
+    }
+    p.geo.as_mut().unwrap().v4 = v4;
+    let s = Snapshot::try_from(&p).unwrap();
+    let mut st = WorkerState::with_seed(1);
+    let ask = |st: &mut WorkerState, a: &str| {
+        let r = ask_from(&s, &query("geo.gslb.test.", Some((a, 24))), "10.0.0.77", st);
+        (addrs(&r), ecs_of(&r).unwrap().2)
+    };
+    // 20.0.0.0/9 + 20.128.0.0/9: /8 (each range alone: /9).
+    assert_eq!(ask(&mut st, "20.1.2.0"), (vec![ip("10.0.0.2")], 8));
+    assert_eq!(ask(&mut st, "20.200.2.0"), (vec![ip("10.0.0.2")], 8));
+    assert_eq!(
+        s.geo().unwrap().lookup("20.1.2.0".parse().unwrap()).scope,
+        9
+    );
+    // 40.0.0.0/8 (lab) in the gap 32.0.0.0/4: /4 (the range alone: /8;
+    // /3 would reach the 50.0.0.0/24s).
+    let (a, scope) = ask(&mut st, "40.1.2.0");
+    assert_eq!((a.len(), scope), (3, 4));
+    let (a, scope) = ask(&mut st, "33.0.0.0");
+    assert_eq!((a.len(), scope), (3, 4), "the gap takes lab in too");
+    // 50.0.0.0/24..50.0.199.0/24: /17 would hold them all, but the
+    // widening stops after WIDEN_BUDGET ranges: /18 (64 /24s).
+    assert_eq!(crate::geo::WIDEN_BUDGET, 64);
+    assert_eq!(ask(&mut st, "50.0.0.0"), (vec![ip("10.0.0.2")], 18));
+    // us stays alone: its neighbours answer otherwise.
+    assert_eq!(ask(&mut st, "10.1.0.0"), (vec![ip("10.0.0.1")], 8));
+}
+
+/// `region_selection: weighted`: a region's servers are single-record
+/// candidates drawn by weight; with DNSSEC each answer is one of them with
+/// its own signature.
+fn weighted_geo_snapshot(max_answers: u32, signed: bool) -> proto::Snapshot {
+    let mut p = geo_snapshot(true, None);
+    let sig = |tag: u8| {
+        // A placeholder RRSIG whose key tag names the record it covers.
+        let mut r = vec![0u8; 30];
+        r[17] = tag;
+        r
+    };
+    let one = |region: u32, last: u8, weight: u32| {
+        let mut set = rrset(1, 30, vec![vec![10, 0, 0, last]]);
+        if signed {
+            set.rrsig = vec![sig(last)];
+        }
+        proto::Candidate {
+            rrset: Some(set),
+            weight,
+            region,
+            geo_fallback: 0,
+        }
+    };
+    let plan = &mut p.nodes.last_mut().unwrap().plans[0];
+    plan.max_answers = max_answers;
+    plan.candidates = vec![
+        one(proto_any(), 1, 1),
+        one(proto_any(), 2, 1),
+        // eu: weights 1:2:7.
+        one(1, 5, 1),
+        one(1, 6, 2),
+        one(1, 7, 7),
+        // us: one server.
+        one(0, 1, 3),
+    ];
+    p
+}
+
+#[test]
+fn weighted_region_selection_follows_weights() {
+    let s = Snapshot::try_from(&weighted_geo_snapshot(1, false)).unwrap();
+    let mut st = WorkerState::with_seed(11);
+    let n = 20_000;
+    let mut counts = [0u32; 3];
+    for _ in 0..n {
+        let r = ask_from(
+            &s,
+            &query("geo.gslb.test.", Some(("20.1.2.0", 24))),
+            "1.1.1.1",
+            &mut st,
+        );
+        let a = addrs(&r);
+        assert_eq!(a.len(), 1);
+        let last = a[0].octets()[3];
+        assert!((5..=7).contains(&last), "eu's servers only: {a:?}");
+        counts[usize::from(last - 5)] += 1;
+    }
+    // Chi-square against 1:2:7 (2 degrees of freedom; 13.8 is p = 0.001).
+    let expect = [0.1, 0.2, 0.7].map(|p| p * f64::from(n));
+    let chi2: f64 = counts
+        .iter()
+        .zip(expect)
+        .map(|(&c, e)| (f64::from(c) - e).powi(2) / e)
+        .sum();
+    assert!(chi2 < 13.8, "counts {counts:?} chi2 {chi2}");
+    // The region with one server, and unplaced clients (the any group).
+    let r = ask_from(
+        &s,
+        &query("geo.gslb.test.", Some(("10.1.0.0", 16))),
+        "1.1.1.1",
+        &mut st,
+    );
+    assert_eq!(addrs(&r), vec![ip("10.0.0.1")]);
+    let r = ask_from(
+        &s,
+        &query("geo.gslb.test.", Some(("99.0.0.0", 8))),
+        "1.1.1.1",
+        &mut st,
+    );
+    assert_eq!(addrs(&r).len(), 1);
+
+    // max_answers 2: two distinct servers of the region, the heavy one
+    // most often among them.
+    let s = Snapshot::try_from(&weighted_geo_snapshot(2, false)).unwrap();
+    let mut with_seven = 0;
+    for _ in 0..2000 {
+        let r = ask_from(
+            &s,
+            &query("geo.gslb.test.", Some(("20.1.2.0", 24))),
+            "1.1.1.1",
+            &mut st,
+        );
+        let a = addrs(&r);
+        assert_eq!(a.len(), 2);
+        assert_ne!(a[0], a[1]);
+        assert!(a.iter().all(|x| (5..=7).contains(&x.octets()[3])));
+        with_seven += usize::from(a.contains(&ip("10.0.0.7")));
+    }
+    assert!(with_seven > 1800, "{with_seven}");
+}
+
+#[test]
+fn weighted_region_selection_signs_each_served_record() {
+    let s = Snapshot::try_from(&weighted_geo_snapshot(2, true)).unwrap();
+    let mut st = WorkerState::with_seed(5);
+    let mut q = Message::from_vec(&query("geo.gslb.test.", Some(("20.1.2.0", 24)))).unwrap();
+    q.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let q = q.to_vec().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        let r = ask_from(&s, &q, "1.1.1.1", &mut st);
+        let a = addrs(&r);
+        // One record (each candidate is signed alone), with its RRSIG.
+        assert_eq!(a.len(), 1, "{r}");
+        let sigs: Vec<u16> = r
+            .answers
+            .iter()
+            .filter(|x| x.record_type() == RecordType::RRSIG)
+            .map(|x| {
+                // RRSIG RDATA: the key tag is octets 16-17.
+                let b = hickory_proto::serialize::binary::BinEncodable::to_bytes(&x.data).unwrap();
+                u16::from_be_bytes([b[16], b[17]])
+            })
+            .collect();
+        let last = a[0].octets()[3];
+        assert_eq!(
+            sigs,
+            vec![u16::from(last)],
+            "the RRSIG of the served record"
+        );
+        seen.insert(last);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![5, 6, 7]);
+    // Without DO: max_answers (2) records, no RRSIG.
+    let r = ask_from(
+        &s,
+        &query("geo.gslb.test.", Some(("20.1.2.0", 24))),
+        "1.1.1.1",
+        &mut st,
+    );
+    assert_eq!(addrs(&r).len(), 2);
+    assert_eq!(r.answers.len(), 2);
+}
+
+/// Candidates of one region must be contiguous.
+#[test]
+fn scattered_region_candidates_are_refused() {
+    let mut p = weighted_geo_snapshot(1, false);
+    let plan = &mut p.nodes.last_mut().unwrap().plans[0];
+    let us = plan.candidates.pop().unwrap();
+    plan.candidates.insert(3, us);
+    assert!(matches!(
+        Snapshot::try_from(&p),
+        Err(crate::snapshot::InvalidSnapshot::BadGeo { .. })
+    ));
+}
+
+/// A snapshot whose geo table keeps its generation shares the previous
+/// snapshot's compiled table (no second decode); a new generation, or a
+/// table without one, is compiled afresh and answers by its own ranges.
+#[test]
+fn unchanged_geo_generation_reuses_the_compiled_table() {
+    let p = geo_snapshot(true, None);
+    let first = Snapshot::try_from(&p).unwrap();
+    let table = |s: &Snapshot| s.geo().unwrap() as *const crate::geo::GeoTable;
+
+    // Same table generation, other records: the very same table.
+    let mut next = p.clone();
+    next.generation += 1;
+    let second = Snapshot::compile(&next, Some(&first)).unwrap();
+    assert_eq!(table(&second), table(&first));
+    let mut st = WorkerState::with_seed(1);
+    let r = ask_from(&second, &query("geo.gslb.test.", None), "20.0.0.9", &mut st);
+    assert_eq!(addrs(&r), vec![ip("10.0.0.2")], "eu still answers eu");
+
+    // New table generation: 20.0.0.0/8 moves to us; compiled again.
+    let mut moved = next.clone();
+    moved.generation += 1;
+    let g = moved.geo.as_mut().unwrap();
+    g.generation += 1;
+    g.v4[5].region = 0;
+    let third = Snapshot::compile(&moved, Some(&second)).unwrap();
+    assert_ne!(table(&third), table(&second));
+    let r = ask_from(&third, &query("geo.gslb.test.", None), "20.0.0.9", &mut st);
+    assert_eq!(addrs(&r), vec![ip("10.0.0.1")], "the new table decides");
+
+    // Generation 0 (unversioned) is never taken from the previous snapshot.
+    let mut zero = p.clone();
+    zero.geo.as_mut().unwrap().generation = 0;
+    let a = Snapshot::try_from(&zero).unwrap();
+    let b = Snapshot::compile(&zero, Some(&a)).unwrap();
+    assert_ne!(table(&a), table(&b));
+
+    // No table now: the previous one is not borrowed, so the regional
+    // candidates are rejected exactly as without a previous snapshot.
+    let mut gone = next.clone();
+    gone.geo = None;
+    assert_eq!(
+        Snapshot::compile(&gone, Some(&first))
+            .unwrap_err()
+            .to_string(),
+        Snapshot::try_from(&gone).unwrap_err().to_string()
+    );
+}
+
+/// Latency: one candidate per rotation of the tie group, each followed by
+/// the fill; answered in turn, each whole (with DO: with its signature).
+#[test]
+fn latency_answers_each_rotation_whole_in_turn() {
+    let mut p = fixture();
+    let set = |lasts: &[u8], tag: u8| {
+        let mut r = rrset(1, 30, lasts.iter().map(|&l| vec![10, 0, 0, l]).collect());
+        let mut sig = vec![0u8; 30];
+        sig[17] = tag;
+        r.rrsig = vec![sig];
+        proto::Candidate {
+            rrset: Some(r),
+            weight: 1,
+            region: 0,
+            geo_fallback: 0,
+        }
+    };
+    p.nodes.push(proto::Node {
+        name: name("lat.gslb.test."),
+        zone: 0,
+        rrsets: vec![],
+        plans: vec![proto::AnswerPlan {
+            rtype: 1,
+            policy: Policy::Latency.into(),
+            max_answers: 3,
+            candidates: vec![set(&[1, 2, 3], 1), set(&[2, 1, 3], 2)],
+            when_all_down: WhenAllDown::Servfail.into(),
+            ecs_max_prefix_v4: 24,
+            ecs_max_prefix_v6: 56,
+        }],
+        denial: vec![],
+    });
+    let s = Snapshot::try_from(&p).unwrap();
+    let mut st = WorkerState::with_seed(1);
+    let order = |m: &Message| -> Vec<u8> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.octets()[3]),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut firsts = Vec::new();
+    for _ in 0..4 {
+        let r = ask_from(&s, &query("lat.gslb.test.", None), "1.1.1.1", &mut st);
+        let o = order(&r);
+        assert!(o == [1, 2, 3] || o == [2, 1, 3], "{o:?}");
+        assert_eq!(r.answers.len(), 3, "no RRSIG without DO");
+        firsts.push(o[0]);
+    }
+    assert!(firsts.contains(&1) && firsts.contains(&2), "{firsts:?}");
+    assert!(firsts.windows(2).all(|w| w[0] != w[1]), "in turn: {firsts:?}");
+    let mut q = Message::from_vec(&query("lat.gslb.test.", None)).unwrap();
+    q.edns.as_mut().unwrap().set_dnssec_ok(true);
+    let q = q.to_vec().unwrap();
+    for _ in 0..2 {
+        let r = ask_from(&s, &q, "1.1.1.1", &mut st);
+        let o = order(&r);
+        let tag: Vec<u16> = r
+            .answers
+            .iter()
+            .filter(|x| x.record_type() == RecordType::RRSIG)
+            .map(|x| {
+                let b = hickory_proto::serialize::binary::BinEncodable::to_bytes(&x.data).unwrap();
+                u16::from_be_bytes([b[16], b[17]])
+            })
+            .collect();
+        assert_eq!(o.len(), 3, "the whole signed set");
+        assert_eq!(tag, vec![u16::from(o[0])], "that rotation's own RRSIG");
     }
 }

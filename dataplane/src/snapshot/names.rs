@@ -3,10 +3,12 @@
 //!
 //! Every name's wire bytes lie back to back in one buffer (`bytes`, node
 //! order; `ends[i]` is where name `i` ends), and an open-addressing table of
-//! `u32` (linear probing, at most half full) maps a name's hash to its
-//! index. A lookup hashes the query name eight octets at a time and compares
+//! `u64` (linear probing, at most half full) maps a name's hash to its
+//! index; each slot also keeps the hash's high 32 bits, so a probe that lands
+//! on another name is rejected without reading that name (a cache miss less
+//! per collision in a 100,000-name table). A lookup hashes the query name eight octets at a time and compares
 //! bytes in the buffer: no allocation, no SipHash. For 100,000 names this is
-//! ~31 octets per name (the name, its end, two slots) where a
+//! ~39 octets per name (the name, its end, two slots) where a
 //! `HashMap<Box<[u8]>, u32>` took ~60 plus a heap block each.
 //!
 //! The names come from the controlplane (trusted, and validated before they
@@ -17,17 +19,24 @@
 pub(crate) struct NameIndex {
     bytes: Vec<u8>,
     ends: Vec<u32>,
-    /// Index + 1 of the name in this slot; 0 = empty. Length: a power of two.
-    slots: Box<[u32]>,
+    /// Low 32 bits: index + 1 of the name in this slot, 0 = empty; high 32
+    /// bits: the high half of the name's hash. Length: a power of two.
+    slots: Box<[u64]>,
 }
 
 impl NameIndex {
     /// An index sized for `n` names of about `avg_len` octets.
     pub(crate) fn with_capacity(n: usize, avg_len: usize) -> Self {
+        let (bytes, ends) = (
+            Vec::with_capacity(n.saturating_mul(avg_len)),
+            Vec::with_capacity(n),
+        );
+        crate::memory::advise_huge_pages(&bytes);
+        crate::memory::advise_huge_pages(&ends);
         Self {
-            bytes: Vec::with_capacity(n.saturating_mul(avg_len)),
-            ends: Vec::with_capacity(n),
-            slots: vec![0; table_size(n)].into_boxed_slice(),
+            bytes,
+            ends,
+            slots: new_slots(table_size(n)),
         }
     }
 
@@ -38,18 +47,33 @@ impl NameIndex {
 
     /// Adds `name` with the next index (`len()` before the call). `None` when
     /// it is already present (or the index is full: 2^32 - 2 names).
+    ///
+    /// One hash and one probe sequence: the probe that finds no equal name
+    /// ends at the empty slot the new name takes (a snapshot build inserts
+    /// every name once, so this is the index's whole build cost).
     pub(crate) fn insert(&mut self, name: &[u8]) -> Option<u32> {
-        if self.get(name).is_some() {
-            return None;
-        }
         let index = u32::try_from(self.ends.len()).ok()?;
         let tag = index.checked_add(1)?;
         if (self.ends.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
+        let h = hash(name);
+        let mask = self.slots.len() - 1;
+        let mut at = h as usize & mask;
+        // The table is at most half full: an empty slot exists.
+        loop {
+            let found = *self.slots.get(at)?;
+            if found == 0 {
+                break;
+            }
+            if found >> 32 == h >> 32 && self.name(found as u32 - 1) == Some(name) {
+                return None;
+            }
+            at = (at + 1) & mask;
+        }
         self.bytes.extend_from_slice(name);
         self.ends.push(u32::try_from(self.bytes.len()).ok()?);
-        self.place(hash(name), tag);
+        *self.slots.get_mut(at)? = slot(h, tag);
         Some(index)
     }
 
@@ -57,11 +81,12 @@ impl NameIndex {
     #[inline]
     pub(crate) fn get(&self, name: &[u8]) -> Option<u32> {
         let mask = self.slots.len().checked_sub(1)?;
-        let mut at = hash(name) as usize & mask;
+        let h = hash(name);
+        let mut at = h as usize & mask;
         loop {
-            let tag = *self.slots.get(at)?;
-            let index = tag.checked_sub(1)?;
-            if self.name(index) == Some(name) {
+            let found = *self.slots.get(at)?;
+            let index = (found as u32).checked_sub(1)?;
+            if found >> 32 == h >> 32 && self.name(index) == Some(name) {
                 return Some(index);
             }
             at = (at + 1) & mask;
@@ -92,7 +117,7 @@ impl NameIndex {
         // The table is at most half full: an empty slot exists.
         while let Some(slot) = self.slots.get_mut(at) {
             if *slot == 0 {
-                *slot = tag;
+                *slot = self::slot(h, tag);
                 return;
             }
             at = (at + 1) & mask;
@@ -101,7 +126,7 @@ impl NameIndex {
 
     fn grow(&mut self) {
         let size = table_size((self.ends.len() + 1) * 2);
-        self.slots = vec![0; size].into_boxed_slice();
+        self.slots = new_slots(size);
         for i in 0..self.ends.len() {
             let h = match self.name(i as u32) {
                 Some(n) => hash(n),
@@ -110,6 +135,19 @@ impl NameIndex {
             self.place(h, i as u32 + 1);
         }
     }
+}
+
+/// An empty table of `size` slots (huge pages asked for when it is big).
+fn new_slots(size: usize) -> Box<[u64]> {
+    let slots = vec![0; size];
+    crate::memory::advise_huge_pages(&slots);
+    slots.into_boxed_slice()
+}
+
+/// A slot holding `tag` (index + 1) of a name whose hash is `h`.
+#[inline]
+fn slot(h: u64, tag: u32) -> u64 {
+    (h >> 32) << 32 | u64::from(tag)
 }
 
 /// Slots for `n` names: a power of two, at least twice `n`, at least 8.

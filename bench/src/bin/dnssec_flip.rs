@@ -1,0 +1,496 @@
+//! Health change → re-signed answer served (issue 6, point 11), end to end
+//! with the real binaries on a large signed zone.
+//!
+//! Starts one controlplane and one dataplane (both from this profile's
+//! target directory, rebuilt first) serving `bench.test` signed (ECDSA
+//! P-256, NSEC) with NAMES weighted names over 4 always-healthy servers
+//! (default 100,000) plus `flip.bench.test`, round-robin over two TCP-checked
+//! backends on loopback (127.0.0.2, toggled; 127.0.0.3, always up; interval
+//! 100 ms, timeout 50 ms, thresholds 1). Then FLIPS times closes or reopens
+//! the toggled backend's listener and polls the dataplane with DO=1 queries
+//! until the answer is the new address set **and** its RRSIG verifies
+//! (against the zone's DNSKEY, inside its validity window). Reports p50/p90
+//! of:
+//!
+//! - decision → signed answer served: from the controlplane's health
+//!   decision (the new generation, microseconds since the epoch taken as
+//!   the recompile starts, read from `opengslb_snapshot_generation`) to the
+//!   first verified new answer;
+//! - listener change → signed answer served (adds the health check's
+//!   detection, up to one interval).
+//!
+//! Usage: `cargo run --release -p opengslb-bench --bin dnssec_flip -- [NAMES] [FLIPS]`
+//! (defaults 100000 and 20). Everything runs on 127.0.0.0/8 and stops by
+//! itself; the controlplane log (with `snapshot recompiled` lines) is kept
+//! on failure.
+
+use std::{
+    fmt::Write as _,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+use opengslb_controlplane::dnssec::sign::canonical_rrs;
+
+const NAME: &str = "flip.bench.test";
+const ZONE: &str = "bench.test";
+const T_A: u16 = 1;
+const T_RRSIG: u16 = 46;
+const T_DNSKEY: u16 = 48;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let names: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(100_000);
+    let flips: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
+    let bins = binaries()?;
+    let dir = std::env::temp_dir().join(format!("opengslb-dnssec-flip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run(&bins, &dir, names, flips);
+    match &result {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Err(_) => eprintln!("logs kept in {}", dir.display()),
+    }
+    result
+}
+
+fn run(bins: &Path, dir: &Path, names: usize, flips: usize) -> Result<()> {
+    let mut toggled = Backend::start("127.0.0.2:0".parse()?)?;
+    let steady = Backend::start("127.0.0.3:0".parse()?)?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let cp_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let dns: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let dp_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut text = format!(
+        r#"logging: {{level: debug, format: text}}
+metrics: {{enabled: true, address: "{cp_metrics}"}}
+dns:
+  listen_address: "{dns}"
+  default_ttl: 30
+  zones:
+    - name: {ZONE}
+      soa: {{mname: ns1.{ZONE}, rname: hostmaster.{ZONE}}}
+      ns: [ns1.{ZONE}]
+dataplane:
+  workers: 1
+  controlplanes: ["{grpc}"]
+  cache_dir: cache
+  metrics_address: "{dp_metrics}"
+overwatch:
+  identity: {{node_id: dnssec-flip}}
+  grpc_address: "{grpc}"
+  data_dir: cp-data
+regions:
+  - name: flip
+    servers:
+      - {{address: 127.0.0.2, port: {}}}
+      - {{address: 127.0.0.3, port: {}}}
+    health_check: {{type: tcp, interval: 100ms, timeout: 50ms, failure_threshold: 1, success_threshold: 1}}
+  - name: p
+    health_check: {{type: none}}
+    servers:
+"#,
+        toggled.addr.port(),
+        steady.addr.port()
+    );
+    for i in 1..=4 {
+        writeln!(text, "      - {{address: 192.0.2.{i}, weight: {i}}}")?;
+    }
+    text.push_str("domains:\n  - {name: flip.bench.test, routing_algorithm: round-robin, regions: [flip]}\n");
+    for i in 0..names {
+        writeln!(
+            text,
+            "  - {{name: n{i}.{ZONE}, routing_algorithm: weighted, regions: [p]}}"
+        )?;
+    }
+    let cfg = dir.join("gslb.yaml");
+    std::fs::write(&cfg, text)?;
+    std::fs::set_permissions(
+        &cfg,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )?;
+    let out = Command::new(bins.join("opengslb-controlplane"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("dataplane-config")
+        .output()?;
+    if !out.status.success() {
+        bail!("dataplane-config: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(dir.join("dataplane.json"), &out.stdout)?;
+    let started = Instant::now();
+    let mut children = Children(Vec::new());
+    children.0.push(
+        Command::new(bins.join("opengslb-controlplane"))
+            .arg("--config")
+            .arg(&cfg)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("cp.log"))?)
+            .spawn()?,
+    );
+    children.0.push(
+        Command::new(bins.join("opengslb-dataplane"))
+            .arg("--config")
+            .arg(dir.join("dataplane.json"))
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dp.log"))?)
+            .spawn()?,
+    );
+    let a = Ipv4Addr::new(127, 0, 0, 2);
+    let b = Ipv4Addr::new(127, 0, 0, 3);
+    // The zone's keys, then both backends served and signed.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let keys = loop {
+        if let Some(k) = dnskeys(dns).filter(|k| !k.is_empty()) {
+            break k;
+        }
+        if Instant::now() > deadline {
+            bail!("no DNSKEY served after 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    while signed_answer(dns, &keys).is_none_or(|ips| ips.len() != 2) {
+        if Instant::now() > deadline {
+            bail!("{NAME} not served signed with both backends");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "{names} names + {NAME}: first signed answer after {:.1} s (start, compile, sign, push)",
+        started.elapsed().as_secs_f64()
+    );
+    let mut last_gen = metric(cp_metrics, "opengslb_snapshot_generation").unwrap_or(0);
+    let (mut decided, mut changed) = (Vec::new(), Vec::new());
+    for flip in 0..flips {
+        let up = flip % 2 == 1;
+        std::thread::sleep(Duration::from_millis(150 + (flip as u64 * 37) % 100));
+        let t0 = SystemTime::now();
+        if up {
+            toggled.up()?;
+        } else {
+            toggled.down();
+        }
+        let want: &[Ipv4Addr] = if up { &[a, b] } else { &[b] };
+        let limit = Instant::now() + Duration::from_secs(30);
+        let seen = loop {
+            if let Some(mut ips) = signed_answer(dns, &keys) {
+                ips.sort();
+                if ips == want {
+                    break SystemTime::now();
+                }
+            }
+            if Instant::now() > limit {
+                bail!("flip {flip}: no verified new answer within 30 s");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        let generation = wait_generation(cp_metrics, last_gen)?;
+        last_gen = generation;
+        let decision = UNIX_EPOCH + Duration::from_micros(generation);
+        decided.push(seen.duration_since(decision).unwrap_or_default());
+        changed.push(seen.duration_since(t0).unwrap_or_default());
+    }
+    report("decision -> verified signed answer", &mut decided);
+    report("listener change -> verified signed answer", &mut changed);
+    Ok(())
+}
+
+fn report(what: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let q = |p: f64| {
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[i].as_secs_f64() * 1000.0
+    };
+    println!(
+        "{what}: n={} p50 {:.1} ms, p90 {:.1} ms, min {:.1} ms, max {:.1} ms",
+        samples.len(),
+        q(0.5),
+        q(0.9),
+        q(0.0),
+        q(1.0)
+    );
+}
+
+/// The directory holding both binaries, (re)built with this profile first.
+fn binaries() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?.to_path_buf();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "opengslb-controlplane", "-p", "opengslb-dataplane"]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    if !cmd.status()?.success() {
+        if !dir.join("opengslb-controlplane").exists() || !dir.join("opengslb-dataplane").exists() {
+            bail!("building the binaries failed");
+        }
+        eprintln!("warning: building the binaries failed; measuring the existing ones");
+    }
+    Ok(dir)
+}
+
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port")
+}
+
+fn wait_generation(metrics: SocketAddr, after: u64) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        if let Some(g) = metric(metrics, "opengslb_snapshot_generation") {
+            if g > after {
+                return Ok(g);
+            }
+        }
+        if start.elapsed() > Duration::from_secs(2) {
+            bail!("the controlplane's generation did not move");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+fn wire(name: &str) -> Vec<u8> {
+    let mut w = Vec::new();
+    for label in name.split('.') {
+        w.push(label.len() as u8);
+        w.extend_from_slice(label.as_bytes());
+    }
+    w.push(0);
+    w
+}
+
+/// One record of an answer section.
+struct Rr {
+    rtype: u16,
+    ttl: u32,
+    rdata: Vec<u8>,
+}
+
+/// The answer section for `name`/`qtype`, asked with DO=1 (None on
+/// timeout, truncation or an error rcode).
+fn query(dns: SocketAddr, name: &str, qtype: u16) -> Option<Vec<Rr>> {
+    let s = UdpSocket::bind("127.0.0.1:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    let mut q = vec![0x51, 0x7a, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+    q.extend_from_slice(&wire(name));
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    // OPT: 4096 octets, DO.
+    q.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0x80, 0, 0, 0]);
+    s.send_to(&q, dns).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = s.recv(&mut buf).ok()?;
+    let r = &buf[..n];
+    if n < 12 || r[0..2] != q[0..2] || r[2] & 0x02 != 0 || r[3] & 0x0f != 0 {
+        return None;
+    }
+    let ancount = u16::from_be_bytes([r[6], r[7]]);
+    let mut i = 12;
+    i = skip_name(r, i)? + 4;
+    let mut out = Vec::new();
+    for _ in 0..ancount {
+        i = skip_name(r, i)?;
+        let h = r.get(i..i + 10)?;
+        let rtype = u16::from_be_bytes([h[0], h[1]]);
+        let ttl = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let len = usize::from(u16::from_be_bytes([h[8], h[9]]));
+        let rdata = r.get(i + 10..i + 10 + len)?.to_vec();
+        i += 10 + len;
+        out.push(Rr { rtype, ttl, rdata });
+    }
+    Some(out)
+}
+
+fn skip_name(m: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let len = *m.get(i)?;
+        if len == 0 {
+            return Some(i + 1);
+        }
+        if len & 0xc0 == 0xc0 {
+            return Some(i + 2);
+        }
+        i += 1 + usize::from(len);
+    }
+}
+
+/// The zone's DNSKEYs: (key tag, algorithm, public key).
+fn dnskeys(dns: SocketAddr) -> Option<Vec<(u16, u8, Vec<u8>)>> {
+    let rrs = query(dns, ZONE, T_DNSKEY)?;
+    Some(
+        rrs.iter()
+            .filter(|r| r.rtype == T_DNSKEY && r.rdata.len() > 4)
+            .map(|r| (key_tag(&r.rdata), r.rdata[3], r.rdata[4..].to_vec()))
+            .collect(),
+    )
+}
+
+/// RFC 4034 appendix B.
+fn key_tag(rdata: &[u8]) -> u16 {
+    let mut ac: u32 = 0;
+    for (i, &b) in rdata.iter().enumerate() {
+        ac += if i & 1 == 1 { u32::from(b) } else { u32::from(b) << 8 };
+    }
+    ac += (ac >> 16) & 0xffff;
+    (ac & 0xffff) as u16
+}
+
+/// The A records of `NAME`, when an RRSIG over exactly them verifies with
+/// one of `keys` and is inside its validity window.
+fn signed_answer(dns: SocketAddr, keys: &[(u16, u8, Vec<u8>)]) -> Option<Vec<Ipv4Addr>> {
+    let rrs = query(dns, NAME, T_A)?;
+    let a: Vec<&Rr> = rrs.iter().filter(|r| r.rtype == T_A).collect();
+    if a.is_empty() {
+        return None;
+    }
+    let rdata: Vec<Vec<u8>> = a.iter().map(|r| r.rdata.clone()).collect();
+    let now = u32::try_from(SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
+    let owner = wire(NAME);
+    let ok = rrs
+        .iter()
+        .filter(|r| r.rtype == T_RRSIG && r.rdata.len() > 18)
+        .any(|sig| {
+            let d = &sig.rdata;
+            let covered = u16::from_be_bytes([d[0], d[1]]);
+            let original_ttl = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+            let expiration = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+            let inception = u32::from_be_bytes([d[12], d[13], d[14], d[15]]);
+            let tag = u16::from_be_bytes([d[16], d[17]]);
+            let Some(signer_end) = skip_name(d, 18) else {
+                return false;
+            };
+            if covered != T_A || now < inception || now > expiration || a[0].ttl > original_ttl {
+                return false;
+            }
+            let Some((_, alg, key)) = keys.iter().find(|k| k.0 == tag) else {
+                return false;
+            };
+            let mut data = d[..signer_end].to_vec();
+            data.extend_from_slice(&canonical_rrs(&owner, T_A, original_ttl, &rdata));
+            verify(*alg, key, &data, &d[signer_end..])
+        });
+    ok.then(|| {
+        a.iter()
+            .filter_map(|r| <[u8; 4]>::try_from(r.rdata.as_slice()).ok())
+            .map(Ipv4Addr::from)
+            .collect()
+    })
+}
+
+fn verify(alg: u8, key: &[u8], data: &[u8], sig: &[u8]) -> bool {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ED25519};
+    match alg {
+        13 => {
+            let mut k = vec![4u8];
+            k.extend_from_slice(key);
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, k)
+                .verify(data, sig)
+                .is_ok()
+        }
+        15 => UnparsedPublicKey::new(&ED25519, key).verify(data, sig).is_ok(),
+        _ => false,
+    }
+}
+
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let mut b = Self {
+            addr: listener.local_addr()?,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+        };
+        b.spawn(listener)?;
+        Ok(b)
+    }
+
+    fn spawn(&mut self, listener: TcpListener) -> Result<()> {
+        listener.set_nonblocking(true)?;
+        self.stop.store(false, Ordering::SeqCst);
+        let stop = self.stop.clone();
+        self.thread = Some(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if listener.accept().is_err() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    fn down(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn up(&mut self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            match TcpListener::bind(self.addr) {
+                Ok(l) => return self.spawn(l),
+                Err(e) if start.elapsed() < Duration::from_secs(5) => {
+                    eprintln!("rebind {}: {e}", self.addr);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
