@@ -714,6 +714,31 @@ agent:
         assert_eq!(active, 0);
     }
 
+    #[test]
+    fn a_bad_endpoint_url_is_a_config_error() {
+        let good = config("http://127.0.0.1:9102/errors");
+        assert_eq!(
+            good.predictive.error_rate.endpoint.as_deref(),
+            Some("http://127.0.0.1:9102/errors")
+        );
+        for bad in [
+            "https://127.0.0.1:9102/errors",
+            "127.0.0.1:9102",
+            "http://:80/x",
+        ] {
+            let text = format!(
+                "agent:\n  identity: {{service_token: \"token-0123456789abcdef\"}}\n  controlplanes: [\"127.0.0.1:7946\"]\n  backends: [{{service: www.example.com, address: 127.0.0.1, port: 8080}}]\n  predictive: {{error_rate: {{endpoint: \"{bad}\"}}}}\n"
+            );
+            let e = opengslb_controlplane::config::parse(&text, std::path::Path::new("agent.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("agent.predictive.error_rate.endpoint"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn unreadable_endpoint_is_counted_and_never_drains() {
         let cfg = config(&endpoint(0, true).await);

@@ -138,9 +138,9 @@ impl State {
             self.overrides.current(),
         );
         // Incremental when only health changed (see compile::incremental).
-        let compiled = p
-            .compiler
-            .compile_update(&cfg, generation, serial, &view, SystemTime::now());
+        let compiled =
+            p.compiler
+                .compile_update(&cfg, generation, serial, &view, SystemTime::now());
         *self
             .geo
             .write()
@@ -419,9 +419,10 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     // Kept as the `Arc` in force, so the next health change compiles
     // incrementally against this result.
     let cfg = Arc::new(cfg);
-    let first = publisher
-        .compiler
-        .compile_update(&cfg, generation, serial, &view, SystemTime::now());
+    let first =
+        publisher
+            .compiler
+            .compile_update(&cfg, generation, serial, &view, SystemTime::now());
     // A compiler's first compile is a full one.
     let first_snapshot = match first.published {
         compile::incremental::Published::Full(s) => s,

@@ -25,7 +25,9 @@
 //!    round-robin rotates its one candidate's records; weighted draws
 //!    `max_answers` distinct candidates by weight with the worker's
 //!    generator; failover takes the first `max_answers` (already ordered and
-//!    filtered). Each answered plan counts one routing decision on the
+//!    filtered); latency answers its candidates (one per rotation of the tie
+//!    group) in turn, each whole; geolocation answers the group of the
+//!    client's region, its one set rotated or its servers drawn by weight. Each answered plan counts one routing decision on the
 //!    worker's stripe. A plan with nothing to answer is SERVFAIL under
 //!    `when_all_down: servfail`, else NODATA (the fallback sets of the other
 //!    modes arrive as candidates, so they are empty only when no server is).
@@ -684,8 +686,10 @@ impl<'a> Reply<'a> {
 
     /// Answers a geolocation plan: the client's region (the ECS address,
     /// truncated to the plan's privacy cap, when the query has ECS and it
-    /// is enabled; else the source address) picks the candidate, rotated
-    /// like round-robin. Sets the ECS scope and counts the decision.
+    /// is enabled; else the source address) picks the group: its one set,
+    /// rotated like round-robin, or its servers drawn by weight. Sets the
+    /// ECS scope (widened over ranges of the same answer class) and counts
+    /// the decision.
     #[allow(clippy::too_many_arguments)]
     fn put_geo(
         &mut self,

@@ -690,7 +690,12 @@ fn geo_weighted_with_ecs_scope_widening() {
     // ECS 20.0.100.0/24: among 1,000 ranges of one answer class.
     let q = with_ecs_at(query("wgeo.gslb.test.", RecordType::A), [20, 0, 100]);
     let want = expect(ResponseCode::NoError, 2, false, true);
-    assert_no_alloc("weighted geolocation + ECS scope widening", &q, Transport::Udp, want);
+    assert_no_alloc(
+        "weighted geolocation + ECS scope widening",
+        &q,
+        Transport::Udp,
+        want,
+    );
 }
 
 #[test]

@@ -21,8 +21,9 @@
 //!
 //! Usage: `cargo run --release -p opengslb-bench --bin dnssec_flip -- [NAMES] [FLIPS]`
 //! (defaults 100000 and 20). Everything runs on 127.0.0.0/8 and stops by
-//! itself; the controlplane log (with `snapshot recompiled` lines) is kept
-//! on failure.
+//! itself; the logs (the controlplane's `snapshot recompiled`, the
+//! dataplane's `snapshot applied` lines with their durations) are kept on
+//! failure or with `OPENGSLB_BENCH_KEEP=1`.
 
 use std::{
     fmt::Write as _,
@@ -49,17 +50,21 @@ const T_DNSKEY: u16 = 48;
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let names: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(100_000);
+    let names: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(100_000);
     let flips: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
     let bins = binaries()?;
     let dir = std::env::temp_dir().join(format!("opengslb-dnssec-flip-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = run(&bins, &dir, names, flips);
     match &result {
-        Ok(()) => {
+        Ok(()) if std::env::var_os("OPENGSLB_BENCH_KEEP").is_none() => {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        Err(_) => eprintln!("logs kept in {}", dir.display()),
+        _ => eprintln!("logs kept in {}", dir.display()),
     }
     result
 }
@@ -106,7 +111,9 @@ regions:
     for i in 1..=4 {
         writeln!(text, "      - {{address: 192.0.2.{i}, weight: {i}}}")?;
     }
-    text.push_str("domains:\n  - {name: flip.bench.test, routing_algorithm: round-robin, regions: [flip]}\n");
+    text.push_str(
+        "domains:\n  - {name: flip.bench.test, routing_algorithm: round-robin, regions: [flip]}\n",
+    );
     for i in 0..names {
         writeln!(
             text,
@@ -228,7 +235,14 @@ fn binaries() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-q", "-p", "opengslb-controlplane", "-p", "opengslb-dataplane"]);
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "opengslb-controlplane",
+        "-p",
+        "opengslb-dataplane",
+    ]);
     if dir.ends_with("release") {
         cmd.arg("--release");
     }
@@ -372,7 +386,11 @@ fn dnskeys(dns: SocketAddr) -> Option<Vec<(u16, u8, Vec<u8>)>> {
 fn key_tag(rdata: &[u8]) -> u16 {
     let mut ac: u32 = 0;
     for (i, &b) in rdata.iter().enumerate() {
-        ac += if i & 1 == 1 { u32::from(b) } else { u32::from(b) << 8 };
+        ac += if i & 1 == 1 {
+            u32::from(b)
+        } else {
+            u32::from(b) << 8
+        };
     }
     ac += (ac >> 16) & 0xffff;
     (ac & 0xffff) as u16
@@ -430,7 +448,9 @@ fn verify(alg: u8, key: &[u8], data: &[u8], sig: &[u8]) -> bool {
                 .verify(data, sig)
                 .is_ok()
         }
-        15 => UnparsedPublicKey::new(&ED25519, key).verify(data, sig).is_ok(),
+        15 => UnparsedPublicKey::new(&ED25519, key)
+            .verify(data, sig)
+            .is_ok(),
         _ => false,
     }
 }

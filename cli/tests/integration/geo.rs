@@ -361,6 +361,13 @@ fn a_bad_database_on_reload_keeps_the_old_table_and_applies_the_config() {
         .unwrap()
         .replace("{address: 203.0.113.9}", "{address: 203.0.113.10}");
     std::fs::write(&g.config, text).unwrap();
+    // Past the default 5 s poll: a 1 h interval has not looked yet.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        !g.logs().contains("GeoIP database reload failed"),
+        "polled early:\n{}",
+        g.logs()
+    );
     g.reload_cp();
     eventually("the reloaded config answering", &g, 15, || {
         ask(&g, Some(("100.64.1.0", 24))).0 == one("203.0.113.10")

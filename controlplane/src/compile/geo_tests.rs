@@ -348,10 +348,7 @@ fn weighted_rows(p: &AnswerPlan) -> Vec<(u32, GeoFallback, Vec<u8>, u32)> {
 #[test]
 fn weighted_region_selection_gives_one_weighted_candidate_per_server() {
     let cfg = weighted_cfg();
-    assert_eq!(
-        cfg.domains[0].region_selection,
-        RegionSelection::Weighted
-    );
+    assert_eq!(cfg.domains[0].region_selection, RegionSelection::Weighted);
     let c = Compiler::new().compile(&cfg, 1, 1, &view(&[], &[]), SystemTime::UNIX_EPOCH);
     let p = plan_of(&c, "geo.example.com");
     assert_eq!(p.max_answers, 1, "drawn by weight: one server by default");

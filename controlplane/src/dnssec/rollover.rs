@@ -589,8 +589,7 @@ impl Dnssec {
         cfg: &Config,
         zone: &str,
     ) -> Result<RolloverStatus, RolloverError> {
-        self.change_rollover(store, cfg, zone, |r, now, t| confirm_ds(r, now, t))
-            .await
+        self.change_rollover(store, cfg, zone, confirm_ds).await
     }
 
     /// Cancels the zone's rollover; the new key is retired.
@@ -710,11 +709,14 @@ impl Dnssec {
     }
 }
 
+/// Per zone (wire apex): its latest rollover.
+pub(crate) type ZoneRollovers = BTreeMap<Vec<u8>, RolloverRow>;
+/// Per zone (wire apex): tags of keys published but not signing.
+pub(crate) type PassiveKeys = BTreeMap<Vec<u8>, Vec<u16>>;
+
 /// The rollovers of `zones` as `ensure_keys` loads them: the latest row per
 /// zone, and the keys each keeps passive.
-pub(crate) fn load_state(
-    rows: Vec<(Vec<u8>, RolloverRow)>,
-) -> (BTreeMap<Vec<u8>, RolloverRow>, BTreeMap<Vec<u8>, Vec<u16>>) {
+pub(crate) fn load_state(rows: Vec<(Vec<u8>, RolloverRow)>) -> (ZoneRollovers, PassiveKeys) {
     let mut passive = BTreeMap::new();
     for (apex, r) in &rows {
         if let Some((m, p)) = parse_row(r) {

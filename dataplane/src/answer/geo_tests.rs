@@ -755,7 +755,10 @@ fn latency_answers_each_rotation_whole_in_turn() {
         firsts.push(o[0]);
     }
     assert!(firsts.contains(&1) && firsts.contains(&2), "{firsts:?}");
-    assert!(firsts.windows(2).all(|w| w[0] != w[1]), "in turn: {firsts:?}");
+    assert!(
+        firsts.windows(2).all(|w| w[0] != w[1]),
+        "in turn: {firsts:?}"
+    );
     let mut q = Message::from_vec(&query("lat.gslb.test.", None)).unwrap();
     q.edns.as_mut().unwrap().set_dnssec_ok(true);
     let q = q.to_vec().unwrap();
