@@ -3,7 +3,10 @@
 //! weighted name over 4 servers (4 single-record candidate A RRsets, plus
 //! the NSEC or NSEC3 chain), with ECDSA P-256; then the time from one
 //! name's health change to its re-signed snapshot (only the changed RRsets
-//! and the SOA are signed again: the signature cache keeps the rest).
+//! and the SOA are signed again: the signature cache keeps the rest), by a
+//! full compile and by the incremental one the controlplane uses
+//! (`Compiler::compile_update`: only the changed domain is re-planned, and
+//! a delta is what gets published).
 //!
 //! ```text
 //! cargo run --release -p opengslb-bench --bin dnssec_sign -- [NAMES] [nsec|nsec3]
@@ -17,6 +20,7 @@ use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
+use opengslb_controlplane::compile::incremental::Published;
 use opengslb_controlplane::compile::{AllHealthy, Compiler, HealthView, ServerHealth};
 use opengslb_controlplane::config::{self, ServerRef};
 use opengslb_controlplane::dnssec::Dnssec;
@@ -48,8 +52,9 @@ fn main() -> Result<()> {
     for i in 1..=4 {
         writeln!(text, "      - {{address: 192.0.2.{i}, weight: {i}}}")?;
     }
-    // One name with servers of its own: its health change touches only it.
-    text.push_str("  - name: solo\n    health_check: {type: none}\n    servers:\n      - {address: 198.51.100.1}\n      - {address: 198.51.100.2}\n      - {address: 198.51.100.3}\n      - {address: 198.51.100.4}\ndomains:\n  - {name: solo.example.com, routing_algorithm: weighted, regions: [solo]}\n");
+    // One name with servers of its own (probed, so the health view below
+    // decides them): its health change touches only it.
+    text.push_str("  - name: solo\n    servers:\n      - {address: 198.51.100.1}\n      - {address: 198.51.100.2}\n      - {address: 198.51.100.3}\n      - {address: 198.51.100.4}\ndomains:\n  - {name: solo.example.com, routing_algorithm: weighted, regions: [solo]}\n");
     for i in 0..n {
         writeln!(
             text,
@@ -94,6 +99,31 @@ fn main() -> Result<()> {
     println!(
         "one name's health change -> re-signed snapshot: {:.1} ms ({} RRSIGs made)",
         change.as_secs_f64() * 1000.0,
+        dnssec.stats().signed_last
+    );
+    // The same change through the incremental path the controlplane takes
+    // on a health change (`Compiler::compile_update`): a full compile to
+    // start from (signatures from the cache), then only the changed domain.
+    let cfg = std::sync::Arc::new(cfg);
+    let _ = c.compile_update(&cfg, 3, 3, &AllHealthy, SystemTime::now());
+    let t = Instant::now();
+    let update = c.compile_update(&cfg, 4, 4, view, SystemTime::now());
+    let incremental = t.elapsed();
+    let sent = match &update.published {
+        Published::Delta(d) => format!(
+            "a delta of {} nodes, {} octets",
+            d.upsert_nodes.len(),
+            prost::Message::encoded_len(d)
+        ),
+        Published::Full(s) => format!(
+            "a FULL snapshot of {} octets",
+            prost::Message::encoded_len(s)
+        ),
+    };
+    println!(
+        "same change, incremental compile: {:.2} ms ({} domains re-planned, {} RRSIGs made), {sent}",
+        incremental.as_secs_f64() * 1000.0,
+        update.replanned,
         dnssec.stats().signed_last
     );
     let _ = std::fs::remove_dir_all(&dir);
