@@ -372,7 +372,11 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
     );
     println!("dnsperf lost queries: {lost}");
     println!("checker: {checked} answers checked, {invalid} invalid, {unanswered} unanswered");
-    let enough = gens as f64 / gen_secs.max(1e-9) >= o.per_sec as f64 / 2.0;
+    // The dataplane's own count of applied generations is exact; the
+    // checker's SOA samples are a lower bound (it sees only the serials it
+    // happens to query), used when the dataplane log has no count.
+    let seen = applied.max(gens);
+    let enough = seen as f64 / gen_secs.max(1e-9) >= o.per_sec as f64 * 0.9;
     let ok = lost == 0 && invalid == 0 && unanswered == 0 && enough;
     println!("{}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
