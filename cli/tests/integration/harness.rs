@@ -60,16 +60,32 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod config");
 }
 
-/// A port free on 127.0.0.1 for both UDP and TCP.
+/// A port free on 127.0.0.1 for both UDP and TCP, for a server the test
+/// starts later.
+///
+/// Ports come from 10000–31999, below the kernel's ephemeral range
+/// (32768 and up): a port-0 bind or an outgoing connection elsewhere in the
+/// test run can then never take the port between this check and the
+/// server's own bind (which is what a port-0 probe allowed). A counter keeps
+/// this process's tests apart; the start depends on the pid so that two
+/// runs side by side begin far apart.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN).expect("port fits");
+        let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port");
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// The test zone's config; `{dns}`, `{grpc}`, `{dpmetrics}` and `{extra}` are filled in.
