@@ -13,7 +13,7 @@ use std::{
 
 use hickory_proto::rr::{RData, RecordType};
 
-use crate::harness::{bin, free_port, query, try_udp, Gslb, API_TOKEN};
+use crate::harness::{bin, free_port, opengslb, query, try_udp, Gslb, API_TOKEN};
 
 const AGENT_TOKEN: &str = "agent-token-0123456789";
 
@@ -408,7 +408,7 @@ fn revocation_by_cli_cuts_the_agent_off() {
         &logs,
     );
     let cli = |args: &[&str]| {
-        let out = Command::new(bin("opengslb"))
+        let out = opengslb()
             .args(["--api", &g.grpc.to_string(), "--token-file"])
             .arg(g.dir.path().join("api.token"))
             .args(args)
@@ -526,7 +526,7 @@ fn agent_rotates_a_certificate_near_expiry_and_the_old_one_is_refused() {
     let dirs = [g.dir.path().to_path_buf()];
     let logs = || read_logs(&dirs);
     let cli = |args: &[&str]| {
-        let out = Command::new(bin("opengslb"))
+        let out = opengslb()
             .args(["--api", &g.grpc.to_string(), "--token-file"])
             .arg(g.dir.path().join("api.token"))
             .args(args)

@@ -176,7 +176,7 @@ fn overrides_and_audit_survive_a_restart() {
 }
 
 fn cli(g: &Gslb, args: &[&str]) -> Output {
-    Command::new(bin("opengslb"))
+    opengslb()
         .arg("--api")
         .arg(g.grpc.to_string())
         .arg("--token-file")
@@ -263,7 +263,7 @@ fn cli_drives_a_running_controlplane() {
 
     // A change without a token, a bad address and an unreachable API fail
     // with a reason.
-    let o = Command::new(bin("opengslb"))
+    let o = opengslb()
         .args(["--api", &g.grpc.to_string(), "reload"])
         .env_remove("OPENGSLB_TOKEN_FILE")
         .output()
@@ -279,7 +279,7 @@ fn cli_drives_a_running_controlplane() {
         String::from_utf8_lossy(&o.stderr).contains("invalid address"),
         "{o:?}"
     );
-    let o = Command::new(bin("opengslb"))
+    let o = opengslb()
         .args(["--api", "127.0.0.1:1", "status"])
         .output()
         .unwrap();

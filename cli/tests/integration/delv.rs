@@ -196,7 +196,7 @@ fn whole_system(denial: &str) {
     validated(&g, &a, "hc.gslb.test", "A", "127.0.0.2");
 
     // Override: the failover name's first server forced down.
-    let o = Command::new(bin("opengslb"))
+    let o = opengslb()
         .arg("--api")
         .arg(g.grpc.to_string())
         .arg("--token-file")

@@ -25,16 +25,13 @@ pub fn bin_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("target dir")
             .to_path_buf();
+        // `--workspace --bins --tests` resolves features exactly as
+        // `cargo test --workspace` does (dev-dependencies included), so after
+        // that command this build only links the two binaries that have no
+        // integration tests of their own, instead of compiling every crate a
+        // second time with other features (twice the disk, twice the time).
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "-p",
-            "opengslb-controlplane",
-            "-p",
-            "opengslb-dataplane",
-            "-p",
-            "opengslb-agent",
-        ]);
+        cmd.args(["build", "--workspace", "--bins", "--tests"]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
@@ -50,6 +47,17 @@ pub fn bin(name: &str) -> PathBuf {
         return PathBuf::from(env!("CARGO_BIN_EXE_opengslb"));
     }
     bin_dir().join(name)
+}
+
+/// A command running the `opengslb` CLI, with the sibling binaries built and
+/// without the `CARGO` variable that `cargo test` sets: under `cargo run` the
+/// CLI rebuilds its siblings, and from a test that would be one more build
+/// of the workspace with another feature set.
+pub fn opengslb() -> Command {
+    bin_dir();
+    let mut cmd = Command::new(bin("opengslb"));
+    cmd.env_remove("CARGO");
+    cmd
 }
 
 /// Writes a config file readable by its owner only (the controlplane refuses

@@ -150,7 +150,7 @@ fn broken_config_names_file_line_key_and_never_starts() {
         &unknown,
         "dns:\n  listen_address: 127.0.0.1:53\n  colour: blue\n",
     );
-    let out = Command::new(bin("opengslb"))
+    let out = opengslb()
         .arg("validate")
         .arg("--config")
         .arg(&unknown)
@@ -187,7 +187,7 @@ fn every_binary_has_help_and_version() {
 #[test]
 fn opengslb_up_runs_both_and_stops_both() {
     let g = Gslb::prepare(|c| c);
-    let mut up = Command::new(bin("opengslb"))
+    let mut up = opengslb()
         .arg("up")
         .arg("--config")
         .arg(&g.config)

@@ -487,7 +487,7 @@ fn unreachable_store_at_start_is_a_clear_error() {
 #[test]
 fn shell_completions_cover_every_command() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = Command::new(bin("opengslb"))
+        let out = opengslb()
             .args(["completions", shell])
             .output()
             .unwrap();
@@ -497,7 +497,7 @@ fn shell_completions_cover_every_command() {
             assert!(text.contains(cmd), "{shell} completion lacks {cmd}");
         }
     }
-    let out = Command::new(bin("opengslb"))
+    let out = opengslb()
         .args(["completions", "tcsh"])
         .output()
         .unwrap();
@@ -507,7 +507,7 @@ fn shell_completions_cover_every_command() {
 #[test]
 fn cli_doc_lists_every_command() {
     let doc = std::fs::read_to_string(repo_root().join("docs/cli.md")).unwrap();
-    let help = Command::new(bin("opengslb"))
+    let help = opengslb()
         .arg("--help")
         .output()
         .unwrap();

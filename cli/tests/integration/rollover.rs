@@ -54,7 +54,7 @@ fn config(extra: &str) -> impl FnOnce(String) -> String {
 
 /// `opengslb dnssec rollover --zone gslb.test ARGS` with the token.
 fn rollover_cmd(g: &Gslb, args: &[&str]) -> Output {
-    Command::new(bin("opengslb"))
+    opengslb()
         .arg("--api")
         .arg(g.grpc.to_string())
         .arg("--token-file")
@@ -249,7 +249,7 @@ fn csk_double_signature_rollover_validates_at_every_step() {
     );
 
     // Status needs no token; nothing to cancel or confirm yet.
-    let o = Command::new(bin("opengslb"))
+    let o = opengslb()
         .arg("--api")
         .arg(g.grpc.to_string())
         .args(["dnssec", "rollover", "--zone", "gslb.test", "--status"])
