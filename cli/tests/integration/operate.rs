@@ -487,30 +487,21 @@ fn unreachable_store_at_start_is_a_clear_error() {
 #[test]
 fn shell_completions_cover_every_command() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = opengslb()
-            .args(["completions", shell])
-            .output()
-            .unwrap();
+        let out = opengslb().args(["completions", shell]).output().unwrap();
         assert!(out.status.success(), "{shell}: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         for cmd in ["overrides", "servers", "reload", "validate", "completions"] {
             assert!(text.contains(cmd), "{shell} completion lacks {cmd}");
         }
     }
-    let out = opengslb()
-        .args(["completions", "tcsh"])
-        .output()
-        .unwrap();
+    let out = opengslb().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "unknown shell is a usage error");
 }
 
 #[test]
 fn cli_doc_lists_every_command() {
     let doc = std::fs::read_to_string(repo_root().join("docs/cli.md")).unwrap();
-    let help = opengslb()
-        .arg("--help")
-        .output()
-        .unwrap();
+    let help = opengslb().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     let commands: Vec<&str> = help
         .split("Commands:")
