@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpStream},
-    process::{Command, Output},
+    process::Output,
     time::{Duration, Instant},
 };
 
