@@ -16,6 +16,13 @@ use hickory_proto::{
 };
 
 /// Directory holding the workspace's binaries, built once per test run.
+///
+/// `cargo test --workspace` (the README's test command) builds every binary
+/// with the tests, since each binary's package has integration tests; then
+/// there is nothing to build. Only when a binary is missing or older than a
+/// source file (say after `cargo test -p opengslb-cli` following an edit) is
+/// `cargo build` run, with the test build's feature set
+/// (`--workspace --bins --tests`).
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -25,19 +32,58 @@ pub fn bin_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("target dir")
             .to_path_buf();
-        // `--workspace --bins --tests` resolves features exactly as
-        // `cargo test --workspace` does (dev-dependencies included), so after
-        // that command this build only links the two binaries that have no
-        // integration tests of their own, instead of compiling every crate a
-        // second time with other features (twice the disk, twice the time).
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--workspace", "--bins", "--tests"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
+        if binaries_stale(&dir) {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--workspace", "--bins", "--tests"]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "building the binaries failed");
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building the binaries failed");
         dir
+    })
+}
+
+/// Whether a server binary in `dir` is missing or older than a source file
+/// of the crates it is built from.
+fn binaries_stale(dir: &Path) -> bool {
+    fn newest(path: &Path, acc: &mut std::time::SystemTime) {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                if p.file_name().is_some_and(|n| n != "target") {
+                    newest(&p, acc);
+                }
+            } else if let Ok(m) = meta.modified() {
+                *acc = (*acc).max(m);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut src = std::time::SystemTime::UNIX_EPOCH;
+    for c in ["proto", "health", "dataplane", "controlplane", "agent"] {
+        newest(&root.join(c), &mut src);
+    }
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        if let Ok(m) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
+            src = src.max(m);
+        }
+    }
+    [
+        "opengslb-controlplane",
+        "opengslb-dataplane",
+        "opengslb-agent",
+    ]
+    .iter()
+    .any(|b| {
+        std::fs::metadata(dir.join(b))
+            .and_then(|m| m.modified())
+            .map_or(true, |m| m < src)
     })
 }
 
