@@ -29,6 +29,7 @@ pub mod access;
 pub mod error;
 pub mod ops;
 pub mod rest;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
@@ -180,9 +181,28 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
         })
 }
 
-/// Serves the REST API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, app: App) {
+/// Serves the REST API on `listener` until the task is dropped; over TLS
+/// with `tls` (`api.tls_cert_file`, see [`tls::acceptor`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: App,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let router = rest::router(app);
+    if let Some(acceptor) = tls {
+        let listener = match tls::TlsListener::new(listener, acceptor) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "REST API stopped");
+                return;
+            }
+        };
+        let service = router.into_make_service_with_connect_info::<tls::TlsPeer>();
+        if let Err(e) = axum::serve(listener, service).await {
+            tracing::error!(error = %e, "REST API stopped");
+        }
+        return;
+    }
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, service).await {
         tracing::error!(error = %e, "REST API stopped");

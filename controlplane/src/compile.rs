@@ -14,7 +14,8 @@
 //! (weighted draw, round-robin rotation) are left to the dataplane, on the
 //! candidates compiled here.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -39,6 +40,8 @@ pub use routing::{LatencyReport, LatencySample, GEO_ANY_REGION};
 
 #[cfg(test)]
 mod geo_tests;
+#[cfg(test)]
+mod order_tests;
 #[cfg(test)]
 mod tests;
 
@@ -332,6 +335,11 @@ impl Compiler {
             .collect();
 
         let mut nodes = Nodes::default();
+        // Most names come from the records and the domains.
+        let names =
+            cfg.dns.zones.iter().map(|z| z.records.len()).sum::<usize>() + cfg.domains.len();
+        nodes.index.reserve(names);
+        nodes.list.reserve(names);
         for (zi, z) in cfg.dns.zones.iter().enumerate() {
             nodes.entry(&z.name, zi);
             for rec in &z.records {
@@ -342,15 +350,23 @@ impl Compiler {
                 let ttl = rec.ttl.unwrap_or(default_ttl);
                 let rdata = wire::rdata(&data);
                 let node = nodes.entry(&rec.name, zi);
-                let set = node
-                    .rrsets
-                    .entry(rec.rtype.code())
-                    .or_insert_with(|| RRset {
-                        rtype: rec.rtype.code(),
-                        ttl,
-                        rdata: Vec::new(),
-                        rrsig: Vec::new(),
-                    });
+                let code = rec.rtype.code();
+                let at = match node.rrsets.binary_search_by_key(&code, |r| r.rtype) {
+                    Ok(at) => at,
+                    Err(at) => {
+                        node.rrsets.insert(
+                            at,
+                            RRset {
+                                rtype: code,
+                                ttl,
+                                rdata: Vec::new(),
+                                rrsig: Vec::new(),
+                            },
+                        );
+                        at
+                    }
+                };
+                let set = &mut node.rrsets[at];
                 set.ttl = set.ttl.min(ttl);
                 if !set.rdata.contains(&rdata) {
                     set.rdata.push(rdata);
@@ -427,44 +443,97 @@ impl Compiler {
 /// The servers of `domain`, in config order (its regions in its order,
 /// servers in region order), deduplicated by address, with their health.
 fn members(cfg: &Config, domain: &DomainConfig, health: &dyn HealthView) -> Vec<Member> {
-    let health_view = health;
+    members_of(
+        cfg,
+        domain,
+        &slots(cfg, domain),
+        |ri, si| server_inputs(cfg, ri, si, health),
+        health,
+    )
+}
+
+/// What a compile asks about one configured server, overrides aside:
+/// health, weight (after predictive draining), latency.
+type ServerInputs = (ServerHealth, u32, Option<LatencySample>);
+
+/// The configured servers of `domain` as (region index, server index):
+/// its regions in its order, servers in region order, `service` filter
+/// applied, deduplicated by address.
+fn slots(cfg: &Config, domain: &DomainConfig) -> Vec<(usize, usize)> {
     let mut seen = HashSet::new();
-    let mut members = Vec::new();
+    let mut out = Vec::new();
     for region_name in &domain.regions {
         let Some(ri) = cfg.region_index(region_name) else {
             continue;
         };
-        let region = &cfg.regions[ri];
-        let always = region.health_check.kind == HealthCheckType::None;
-        for (si, server) in region.servers.iter().enumerate() {
-            if !server.serves(&domain.name) || !seen.insert(server.address) {
-                continue;
+        for (si, server) in cfg.regions[ri].servers.iter().enumerate() {
+            if server.serves(&domain.name) && seen.insert(server.address) {
+                out.push((ri, si));
             }
-            let server_ref = ServerRef {
-                region_index: ri,
-                region: &region.name,
-                server_index: si,
-                address: server.address,
-                port: server.port,
-            };
-            let latency = health.latency(&server_ref);
-            let health = if let Some(forced) = health.overridden(&domain.name, &server_ref) {
-                forced
-            } else if always {
-                health.unprobed(&server_ref)
-            } else {
-                health.health(&server_ref)
-            };
-            members.push(Member {
-                address: server.address,
-                weight: health_view.weight(&server_ref, server.weight),
-                region: u32::try_from(ri).unwrap_or(u32::MAX),
-                health,
-                latency,
-            });
         }
     }
-    for r in health_view.registered(&domain.name) {
+    out
+}
+
+/// The [`ServerInputs`] of server `si` of region `ri`: unprobed regions
+/// (`health_check.type: none`) ask [`HealthView::unprobed`], others
+/// [`HealthView::health`].
+fn server_inputs(cfg: &Config, ri: usize, si: usize, health: &dyn HealthView) -> ServerInputs {
+    let region = &cfg.regions[ri];
+    let server = &region.servers[si];
+    let r = ServerRef {
+        region_index: ri,
+        region: &region.name,
+        server_index: si,
+        address: server.address,
+        port: server.port,
+    };
+    let h = if region.health_check.kind == HealthCheckType::None {
+        health.unprobed(&r)
+    } else {
+        health.health(&r)
+    };
+    (h, health.weight(&r, server.weight), health.latency(&r))
+}
+
+/// The members of `domain`: its configured servers (`slots`, each with
+/// `inputs(region index, server index)`), then the backends registered for
+/// it at run time whose address is not already a member; a manual override
+/// outranks every other health signal of either. The one walk of a domain's
+/// servers, shared by the full and the incremental compile.
+fn members_of(
+    cfg: &Config,
+    domain: &DomainConfig,
+    slots: &[(usize, usize)],
+    inputs: impl Fn(usize, usize) -> ServerInputs,
+    health: &dyn HealthView,
+) -> Vec<Member> {
+    let mut members = Vec::with_capacity(slots.len());
+    for &(ri, si) in slots {
+        let region = &cfg.regions[ri];
+        let server = &region.servers[si];
+        let (h, weight, latency) = inputs(ri, si);
+        let r = ServerRef {
+            region_index: ri,
+            region: &region.name,
+            server_index: si,
+            address: server.address,
+            port: server.port,
+        };
+        members.push(Member {
+            address: server.address,
+            weight,
+            region: u32::try_from(ri).unwrap_or(u32::MAX),
+            health: health.overridden(&domain.name, &r).unwrap_or(h),
+            latency,
+        });
+    }
+    let registered = health.registered(&domain.name);
+    if registered.is_empty() {
+        return members;
+    }
+    let mut seen: HashSet<IpAddr> = members.iter().map(|m| m.address).collect();
+    for r in registered {
         if !seen.insert(r.address) {
             continue;
         }
@@ -479,7 +548,7 @@ fn members(cfg: &Config, domain: &DomainConfig, health: &dyn HealthView) -> Vec<
             address: r.address,
             weight: r.weight,
             region: u32::try_from(r.region_index).unwrap_or(u32::MAX),
-            health: health_view
+            health: health
                 .overridden(&domain.name, &server_ref)
                 .unwrap_or(r.health),
             latency: None,
@@ -738,65 +807,128 @@ fn mode_label(mode: WhenAllDownConfig) -> &'static str {
     }
 }
 
+/// The nodes of a compile, built in one pass over the config and put in
+/// canonical order once at the end: a name is found by hash (no per-record
+/// allocation), and the sort is adaptive, so a config whose records are
+/// already in zone order sorts in linear time.
 #[derive(Default)]
 struct Nodes {
-    /// Keyed by canonical order (labels reversed).
-    map: BTreeMap<Vec<Vec<u8>>, NodeBuilder>,
+    /// Name → index in `list`.
+    index: HashMap<Box<str>, usize, BuildHasherDefault<FxHasher>>,
+    list: Vec<NodeBuilder>,
 }
 
 struct NodeBuilder {
     name: DnsName,
     zone: u32,
-    rrsets: BTreeMap<u32, RRset>,
+    /// Kept sorted by type; a node has a handful at most.
+    rrsets: Vec<RRset>,
     plans: Vec<AnswerPlan>,
+}
+
+/// A small, fast, non-cryptographic hasher (the multiply-rotate of
+/// rustc's FxHash) for the compile's name index: its keys come from the
+/// operator's own config, so hash flooding is not a concern there.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+}
+
+/// RFC 4034 §6.1 canonical order of two names in the config's form
+/// (lower-case, no final dot): label by label from the right, each label
+/// as an octet string.
+pub(crate) fn canonical_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    a.rsplit('.')
+        .map(str::as_bytes)
+        .cmp(b.rsplit('.').map(str::as_bytes))
 }
 
 // === impl Nodes ===
 
 impl Nodes {
     fn entry(&mut self, name: &DnsName, zone: usize) -> &mut NodeBuilder {
-        let key = name
-            .canonical_key()
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect();
-        self.map.entry(key).or_insert_with(|| NodeBuilder {
-            name: name.clone(),
+        let i = match self.index.get(name.as_str()) {
+            Some(&i) => i,
+            None => self.insert(name.clone(), zone),
+        };
+        &mut self.list[i]
+    }
+
+    fn insert(&mut self, name: DnsName, zone: usize) -> usize {
+        let i = self.list.len();
+        self.index.insert(name.as_str().into(), i);
+        self.list.push(NodeBuilder {
+            name,
             zone: u32::try_from(zone).unwrap_or(u32::MAX),
-            rrsets: BTreeMap::new(),
+            rrsets: Vec::new(),
             plans: Vec::new(),
-        })
+        });
+        i
     }
 
     /// Adds every name between a node and its zone apex that is not a node.
+    /// A walk up stops at the first name that already is a node: its own
+    /// ancestors are (or will be) added from it, so each name is visited a
+    /// bounded number of times.
     fn add_empty_non_terminals(&mut self, cfg: &Config) {
-        let names: Vec<(DnsName, u32)> = self
-            .map
-            .values()
-            .map(|n| (n.name.clone(), n.zone))
-            .collect();
-        for (name, zone) in names {
-            let Some(apex) = cfg.dns.zones.get(zone as usize).map(|z| &z.name) else {
+        for i in 0..self.list.len() {
+            let zone = self.list[i].zone;
+            let Some(apex) = cfg.dns.zones.get(zone as usize).map(|z| z.name.as_str()) else {
                 continue;
             };
-            let mut cur = name.parent();
-            while let Some(p) = cur {
-                if !p.is_in(apex) || &p == apex {
+            let name = self.list[i].name.as_str();
+            // Only names strictly below their apex have names in between.
+            let below = name.len() > apex.len()
+                && name.ends_with(apex)
+                && name.as_bytes()[name.len() - apex.len() - 1] == b'.';
+            if !below {
+                continue;
+            }
+            let mut missing = Vec::new();
+            let mut cur = name;
+            while let Some((_, parent)) = cur.split_once('.') {
+                if parent.len() <= apex.len() || self.index.contains_key(parent) {
                     break;
                 }
-                self.entry(&p, zone as usize);
-                cur = p.parent();
+                missing.push(parent.to_owned());
+                cur = parent;
+            }
+            for p in missing {
+                // A suffix of a valid name is one.
+                if let Ok(p) = DnsName::parse(&p) {
+                    self.insert(p, zone as usize);
+                }
             }
         }
     }
 
-    fn finish(self) -> Vec<Node> {
-        self.map
-            .into_values()
+    fn finish(mut self) -> Vec<Node> {
+        drop(self.index);
+        self.list
+            .sort_by(|a, b| canonical_cmp(a.name.as_str(), b.name.as_str()));
+        self.list
+            .into_iter()
             .map(|n| Node {
                 name: n.name.to_wire(),
                 zone: n.zone,
-                rrsets: n.rrsets.into_values().collect(),
+                rrsets: n.rrsets,
                 plans: n.plans,
                 denial: Vec::new(),
             })

@@ -466,6 +466,11 @@ pub struct ApiConfig {
     pub trust_proxy_headers: bool,
     /// Bearer token file required for changes.
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve the REST API over TLS (with
+    /// `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// `overwatch:`, the controlplane.
@@ -645,8 +650,12 @@ pub struct KeySyncConfig {
     pub timeout: Duration,
     /// File holding the bearer token this controlplane presents to its
     /// peers' REST APIs (`TOKEN` or `NAME:TOKEN`, the peer's `api.token_file`
-    /// format); required when `peers` is not empty.
+    /// format); required when `peers` is not empty. The token is never
+    /// sent: it keys the sealed key-sync protocol.
     pub token_file: Option<PathBuf>,
+    /// PEM CA file that verifies `https://` peers (default: the webpki
+    /// roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `agent:`, read by `opengslb-agent`.
@@ -855,6 +864,17 @@ impl Config {
         }
         if let Some(p) = &mut self.api.token_file {
             fix(p);
+        }
+        for p in [&mut self.api.tls_cert_file, &mut self.api.tls_key_file]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+        if let Some(ks) = &mut self.overwatch.dnssec.key_sync {
+            for p in [&mut ks.token_file, &mut ks.ca_file].into_iter().flatten() {
+                fix(p);
+            }
         }
         if let Some(agent) = &mut self.agent {
             if let Some(p) = &mut agent.identity.cert_path {
@@ -1095,6 +1115,8 @@ impl Default for ApiConfig {
                 .collect(),
             trust_proxy_headers: false,
             token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -1190,6 +1212,7 @@ impl Default for KeySyncConfig {
             poll_interval: Duration::from_secs(3600),
             timeout: Duration::from_secs(30),
             token_file: None,
+            ca_file: None,
         }
     }
 }

@@ -13,7 +13,7 @@
 //! The compiler reads one frozen `Arc<OverrideMap>` per compile.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     sync::{Arc, PoisonError, RwLock},
     time::Duration,
@@ -67,6 +67,19 @@ pub struct WithOverrides<V> {
     pub inner: V,
     /// The overrides, frozen for this compile.
     pub overrides: Arc<OverrideMap>,
+    /// `overrides` by service, with each target parsed: built once per
+    /// view, so [`WithOverrides::lookup`] (asked per domain and server in
+    /// every compile) neither formats nor allocates.
+    index: HashMap<String, Vec<Target>>,
+}
+
+/// One override of a service, its address parsed.
+#[derive(Debug)]
+struct Target {
+    ip: IpAddr,
+    /// `None`: every port of `ip`.
+    port: Option<u16>,
+    row: OverrideRow,
 }
 
 // === impl OverrideKey ===
@@ -231,24 +244,39 @@ fn collect(rows: Vec<OverrideRow>) -> OverrideMap {
 impl<V> WithOverrides<V> {
     /// `inner` with `overrides` laid over it.
     pub fn new(inner: V, overrides: Arc<OverrideMap>) -> Self {
-        Self { inner, overrides }
+        let mut index: HashMap<String, Vec<Target>> = HashMap::new();
+        for (key, row) in overrides.iter() {
+            // Keys are normalized when set; one that is not (a store edited
+            // by hand) can match no server.
+            let Some((ip, port)) = key.target() else {
+                continue;
+            };
+            index.entry(key.service.clone()).or_default().push(Target {
+                ip,
+                port,
+                row: row.clone(),
+            });
+        }
+        Self {
+            inner,
+            overrides,
+            index,
+        }
     }
 
     /// The override of `address:port` for `service`: one naming the port
-    /// wins over one naming only the IP.
+    /// wins over one naming only the IP. Allocation-free.
     pub fn lookup(&self, service: &str, address: IpAddr, port: u16) -> Option<&OverrideRow> {
-        if self.overrides.is_empty() {
-            return None;
+        let targets = self.index.get(service)?;
+        let mut any_port = None;
+        for t in targets.iter().filter(|t| t.ip == address) {
+            match t.port {
+                Some(p) if p == port => return Some(&t.row),
+                Some(_) => {}
+                None => any_port = Some(&t.row),
+            }
         }
-        let mut key = OverrideKey {
-            service: service.to_owned(),
-            address: SocketAddr::new(address, port).to_string(),
-        };
-        if let Some(o) = self.overrides.get(&key) {
-            return Some(o);
-        }
-        key.address = address.to_string();
-        self.overrides.get(&key)
+        any_port
     }
 }
 

@@ -316,6 +316,11 @@ pub fn listeners_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.api.address != new.api.address, "api.address");
     check(old.api.enabled != new.api.enabled, "api.enabled");
     check(
+        old.api.tls_cert_file != new.api.tls_cert_file
+            || old.api.tls_key_file != new.api.tls_key_file,
+        "api.tls_cert_file",
+    );
+    check(
         old.metrics.address != new.metrics.address,
         "metrics.address",
     );
@@ -389,9 +394,10 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
     // The REST API answers from now on (503 but for `live` until the first
     // snapshot is published).
     let api_server = if cfg.api.enabled {
+        let tls = api::tls::acceptor(&cfg.api)?;
         let l = api::bind(cfg.api.address).await?;
-        tracing::info!(addr = %cfg.api.address, "REST API listening");
-        Some(tokio::spawn(api::serve(l, app.clone())))
+        tracing::info!(addr = %cfg.api.address, tls = tls.is_some(), "REST API listening");
+        Some(tokio::spawn(api::serve(l, app.clone(), tls)))
     } else {
         None
     };

@@ -31,6 +31,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::compile::wire::canonical_cmp;
+
 /// Publishes compiled snapshots to every subscriber.
 #[derive(Debug, Clone)]
 pub struct SnapshotStream {
@@ -47,7 +49,7 @@ struct Shared {
     /// The snapshot in force (deltas are applied to it in place).
     full: Arc<Snapshot>,
     /// Node name → index in `full.nodes`.
-    index: HashMap<Vec<u8>, usize>,
+    index: NodeIndex,
     /// The last steps, oldest first.
     log: VecDeque<Step>,
 }
@@ -78,7 +80,7 @@ impl SnapshotStream {
         let generation = first.generation;
         Self {
             shared: Arc::new(Mutex::new(Shared {
-                index: index_of(&first),
+                index: NodeIndex::of(&first),
                 full: Arc::new(first),
                 log: VecDeque::new(),
             })),
@@ -109,7 +111,7 @@ impl SnapshotStream {
             let mut s = self.lock();
             let delta = delta_between(&s.full, &next).map(Arc::new);
             let base = s.full.generation;
-            s.index = index_of(&next);
+            s.index = NodeIndex::of(&next);
             s.full = Arc::new(next);
             s.push(Step {
                 base,
@@ -277,18 +279,45 @@ impl SnapshotService for SnapshotStream {
     }
 }
 
-/// Node name → index.
-fn index_of(s: &Snapshot) -> HashMap<Vec<u8>, usize> {
-    s.nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.clone(), i))
-        .collect()
+/// Node name → index in a snapshot's `nodes`, without a copy of every
+/// name: the compiler emits nodes in canonical order, so the longest
+/// canonically ordered prefix is searched by bisection; only names after it
+/// (added by deltas, or a snapshot not in order) are kept in a map.
+#[derive(Debug, Default)]
+struct NodeIndex {
+    /// `nodes[..sorted]` is in strictly increasing canonical order.
+    sorted: usize,
+    rest: HashMap<Vec<u8>, usize>,
+}
+
+impl NodeIndex {
+    fn of(s: &Snapshot) -> Self {
+        let nodes = &s.nodes;
+        let sorted = 1 + nodes
+            .windows(2)
+            .take_while(|w| canonical_cmp(&w[0].name, &w[1].name).is_lt())
+            .count();
+        let sorted = sorted.min(nodes.len());
+        let rest = nodes
+            .iter()
+            .enumerate()
+            .skip(sorted)
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        Self { sorted, rest }
+    }
+
+    fn get(&self, nodes: &[opengslb_proto::Node], name: &[u8]) -> Option<usize> {
+        nodes
+            .get(..self.sorted)
+            .and_then(|s| s.binary_search_by(|n| canonical_cmp(&n.name, name)).ok())
+            .or_else(|| self.rest.get(name).copied())
+    }
 }
 
 /// `delta` applied to `full` in place (as the dataplane applies it),
 /// `index` kept in step.
-fn apply_in_place(full: &mut Snapshot, index: &mut HashMap<Vec<u8>, usize>, delta: &SnapshotDelta) {
+fn apply_in_place(full: &mut Snapshot, index: &mut NodeIndex, delta: &SnapshotDelta) {
     full.generation = delta.generation;
     for zone in &delta.zones {
         match full.zones.iter_mut().find(|z| z.apex == zone.apex) {
@@ -297,17 +326,19 @@ fn apply_in_place(full: &mut Snapshot, index: &mut HashMap<Vec<u8>, usize>, delt
         }
     }
     for node in &delta.upsert_nodes {
-        match index.get(&node.name) {
-            Some(&i) => full.nodes[i] = node.clone(),
+        match index.get(&full.nodes, &node.name) {
+            Some(i) => full.nodes[i] = node.clone(),
             None => {
-                index.insert(node.name.clone(), full.nodes.len());
+                index.rest.insert(node.name.clone(), full.nodes.len());
                 full.nodes.push(node.clone());
             }
         }
     }
     if !delta.remove_nodes.is_empty() {
-        full.nodes.retain(|n| !delta.remove_nodes.contains(&n.name));
-        *index = index_of(full);
+        let gone: std::collections::HashSet<&[u8]> =
+            delta.remove_nodes.iter().map(Vec::as_slice).collect();
+        full.nodes.retain(|n| !gone.contains(n.name.as_slice()));
+        *index = NodeIndex::of(full);
     }
     if let Some(geo) = &delta.geo {
         full.geo = Some(geo.clone());
@@ -440,6 +471,78 @@ mod tests {
         assert_eq!(d.upsert_nodes.len(), 1);
         assert!(d.geo.is_none(), "geo must not be resent on a record change");
         assert!(d.remove_nodes.is_empty());
+    }
+
+    /// `publish_delta` finds, replaces, appends and removes nodes the same
+    /// whether the snapshot's nodes are in canonical order (searched by
+    /// bisection) or not (the test snapshot's are not: a map then).
+    #[test]
+    fn deltas_apply_by_name_in_sorted_and_unsorted_snapshots() {
+        let mut sorted = snap(1, 5, 60);
+        sorted.nodes.sort_by(|a, b| canonical_cmp(&a.name, &b.name));
+        sorted.nodes.dedup_by(|a, b| a.name == b.name);
+        let mut unsorted = snap(1, 5, 60);
+        unsorted.nodes.reverse();
+        assert!(unsorted
+            .nodes
+            .windows(2)
+            .any(|w| canonical_cmp(&w[0].name, &w[1].name).is_gt()));
+        for (in_order, base) in [(true, sorted), (false, unsorted)] {
+            let index = NodeIndex::of(&base);
+            // Bisection covers all of an ordered snapshot, the map the rest.
+            assert_eq!(index.sorted == base.nodes.len(), in_order);
+            assert_eq!(index.rest.len(), base.nodes.len() - index.sorted);
+            for (i, n) in base.nodes.iter().enumerate() {
+                let found = index.get(&base.nodes, &n.name).unwrap();
+                assert_eq!(base.nodes[found].name, n.name, "node {i}");
+            }
+            let stream = SnapshotStream::new(base.clone());
+            let mut changed = base.nodes[17].clone();
+            changed.rrsets[0].ttl = 5;
+            let added = Node {
+                name: b"\x03new\x04test\x00".to_vec(),
+                ..Default::default()
+            };
+            let delta = SnapshotDelta {
+                base_generation: 1,
+                generation: 2,
+                upsert_nodes: vec![changed.clone(), added.clone()],
+                ..Default::default()
+            };
+            assert!(stream.publish_delta(delta));
+            let now = stream.current();
+            assert_eq!(now.nodes.len(), base.nodes.len() + 1);
+            let at = |s: &Snapshot, name: &[u8]| s.nodes.iter().position(|n| n.name == name);
+            assert_eq!(now.nodes[at(&now, &changed.name).unwrap()], changed);
+            assert_eq!(now.nodes.last(), Some(&added));
+            // The appended node is found again, and removal reindexes.
+            let mut again = added.clone();
+            again.zone = 3;
+            let gone = base.nodes[3].name.clone();
+            let delta = SnapshotDelta {
+                base_generation: 2,
+                generation: 3,
+                upsert_nodes: vec![again.clone()],
+                remove_nodes: vec![gone.clone()],
+                ..Default::default()
+            };
+            assert!(stream.publish_delta(delta));
+            let now = stream.current();
+            assert_eq!(now.nodes.len(), base.nodes.len());
+            assert!(at(&now, &gone).is_none());
+            assert_eq!(now.nodes[at(&now, &again.name).unwrap()].zone, 3);
+            let mut last = now.nodes[0].clone();
+            last.zone = 9;
+            let delta = SnapshotDelta {
+                base_generation: 3,
+                generation: 4,
+                upsert_nodes: vec![last.clone()],
+                ..Default::default()
+            };
+            assert!(stream.publish_delta(delta));
+            assert_eq!(stream.current().nodes[0].zone, 9);
+            assert_eq!(stream.current().nodes.len(), now.nodes.len());
+        }
     }
 
     #[test]

@@ -47,13 +47,15 @@ use opengslb_proto::{Policy, WhenAllDown};
 use crate::ecs::ClientSubnet;
 use crate::geo::GeoPlan;
 use crate::select::{self, Picks, Rng, MAX_PICKS};
-use crate::snapshot::{Candidate, Node, NsecOwner, Plan, RRset, Records, Snapshot, Zone};
+use crate::snapshot::{Candidate, HotSet, Node, NsecOwner, Plan, RRset, Records, Snapshot, Zone};
 use crate::wire::{self, flags, rtype, Edns, Header, LabelOffsets, Question, HEADER_LEN};
 
 #[cfg(test)]
 mod dnssec_tests;
 #[cfg(test)]
 mod geo_tests;
+#[cfg(test)]
+mod hot_tests;
 mod nsec3;
 #[cfg(test)]
 mod nsec3_tests;
@@ -161,6 +163,8 @@ struct Early {
 enum Data<'s> {
     Plan(&'s Plan),
     Static(&'s RRset),
+    /// An unsigned static RRset kept in the node's key block.
+    Hot(HotSet<'s>),
 }
 
 /// Creation index of the next [`WorkerState`]: spreads workers over the
@@ -384,6 +388,7 @@ fn resolve(
     for hop in 1..=MAX_CNAME_CHAIN + 1 {
         if let Some(data) = find(node, q.qtype) {
             return match data {
+                Data::Hot(set) => r.put_hot(cur, set),
                 Data::Static(rrset) => r
                     .put_rrset(cur, rrset, 0, rrset.records.len(), dnssec_ok)
                     .map(drop),
@@ -474,8 +479,17 @@ fn find(node: &Node, qtype: u16) -> Option<Data<'_>> {
             .or_else(|| node.plans.first());
         return match plan {
             Some(p) if p.is_servable() => Some(Data::Plan(p)),
-            _ => node.rrsets.first().map(Data::Static),
+            // The key's RRsets come before `rrsets`.
+            _ => match node.key.first() {
+                Some(set) => Some(Data::Hot(set)),
+                None => node.rrsets.first().map(Data::Static),
+            },
         };
+    }
+    // First the key (the node's first cache line): its RRsets share no
+    // type with the plans (the snapshot refuses that) and are never NSEC.
+    if let Some(set) = node.key.find(qtype) {
+        return Some(Data::Hot(set));
     }
     if let Some(p) = node.plans.iter().find(|p| p.rtype == qtype) {
         return Some(Data::Plan(p));
@@ -615,6 +629,17 @@ impl<'a> Reply<'a> {
             self.ancount = self.ancount.saturating_add(rrset.sigs.len() as u16);
         }
         Ok(first)
+    }
+
+    /// Writes the records of a key's RRset, all owned by `owner` (what
+    /// `put_rrset` writes for the same unsigned RRset).
+    fn put_hot(&mut self, owner: NameAt<'_>, set: HotSet<'_>) -> Result<(), Full> {
+        for record in set.records() {
+            self.w.put_owner(owner, owner.name.len())?;
+            self.w.put(record)?;
+        }
+        self.ancount = self.ancount.saturating_add(set.len() as u16);
+        Ok(())
     }
 
     fn put_records(

@@ -78,6 +78,54 @@ pub fn apply_owned(base: Snapshot, delta: SnapshotDelta) -> Result<Snapshot, Inv
     Ok(next)
 }
 
+/// `base` with `deltas` applied in order, as [`apply_owned`] one after the
+/// other would give, but with one name index for all of them (a background
+/// fold applies the deltas of many health changes at once).
+pub fn apply_all(base: Snapshot, deltas: Vec<SnapshotDelta>) -> Result<Snapshot, InvalidDelta> {
+    let mut next = base;
+    let mut index: Option<HashMap<Vec<u8>, usize>> = None;
+    for delta in deltas {
+        check(&next, &delta)?;
+        next.generation = delta.generation;
+        for zone in delta.zones {
+            match next.zones.iter_mut().find(|z| z.apex == zone.apex) {
+                Some(slot) => *slot = zone,
+                None => next.zones.push(zone),
+            }
+        }
+        if !delta.upsert_nodes.is_empty() {
+            let index = index.get_or_insert_with(|| {
+                next.nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.name.clone(), i))
+                    .collect()
+            });
+            for node in delta.upsert_nodes {
+                match index.get(&node.name) {
+                    Some(&i) => next.nodes[i] = node,
+                    None => {
+                        index.insert(node.name.clone(), next.nodes.len());
+                        next.nodes.push(node);
+                    }
+                }
+            }
+        }
+        if !delta.remove_nodes.is_empty() {
+            next.nodes.retain(|n| !delta.remove_nodes.contains(&n.name));
+            // Positions moved: rebuilt when next needed.
+            index = None;
+        }
+        if let Some(geo) = delta.geo {
+            next.geo = Some(geo);
+        }
+        if let Some(options) = delta.options {
+            next.options = Some(options);
+        }
+    }
+    Ok(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +170,41 @@ mod tests {
         );
         // Geo untouched when absent from the delta.
         assert_eq!(next.geo.unwrap().generation, 7);
+    }
+
+    /// Many deltas at once give what one after the other gives.
+    #[test]
+    fn apply_all_matches_one_by_one() {
+        let base = Snapshot {
+            generation: 1,
+            nodes: (0..20u8).map(|i| node(&[1, b'a' + i, 0], 0)).collect(),
+            ..Default::default()
+        };
+        let deltas: Vec<SnapshotDelta> = (1..=6u64)
+            .map(|g| SnapshotDelta {
+                base_generation: g,
+                generation: g + 1,
+                upsert_nodes: vec![
+                    node(&[1, b'a' + g as u8, 0], g as u32),
+                    node(&[2, b'x', b'0' + g as u8, 0], 0),
+                ],
+                remove_nodes: if g % 3 == 0 {
+                    vec![vec![1, b'a' + (g as u8) * 2, 0]]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            })
+            .collect();
+        let mut one_by_one = base.clone();
+        for d in deltas.clone() {
+            one_by_one = apply_owned(one_by_one, d).unwrap();
+        }
+        assert_eq!(apply_all(base.clone(), deltas.clone()).unwrap(), one_by_one);
+        // A gap in the chain is refused.
+        let mut broken = deltas;
+        broken.remove(2);
+        assert_eq!(apply_all(base, broken), Err(InvalidDelta::BaseMismatch));
     }
 
     #[test]

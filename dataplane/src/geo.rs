@@ -96,7 +96,7 @@ pub struct GeoHit {
 /// a larger group holds one single-record candidate per server, drawn by
 /// weight (`domains[].region_selection: weighted`), with running sums of
 /// the weights that restart at each group.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct GeoPlan {
     /// Per region of the table, the group index (`u16::MAX`: none).
     pub(crate) by_region: Box<[u16]>,

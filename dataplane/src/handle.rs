@@ -51,6 +51,23 @@ impl SnapshotHandle {
         true
     }
 
+    /// Publishes `next`, patched from `prev` (`Snapshot::patch`, which
+    /// shares `prev`'s counters): only while `prev` is the snapshot served
+    /// and did not come from the cache. Returns whether it was stored (the
+    /// caller then compiles in full instead).
+    pub fn store_patched(&self, next: Arc<Snapshot>, prev: &Arc<Snapshot>) -> bool {
+        let current = self.current.load();
+        if !Arc::ptr_eq(&current, prev)
+            || self.is_from_cache()
+            || next.generation() <= current.generation()
+        {
+            return false;
+        }
+        drop(current);
+        self.current.store(next);
+        true
+    }
+
     /// The generation being served.
     pub fn generation(&self) -> u64 {
         self.current.load().generation()

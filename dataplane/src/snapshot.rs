@@ -42,7 +42,12 @@ use thiserror::Error;
 use crate::select;
 use crate::wire::{self, rtype, LabelOffsets};
 
+mod hot;
 mod names;
+mod patch;
+
+pub(crate) use hot::HotSet;
+pub(crate) use patch::Nodes;
 
 // === constants ===
 
@@ -177,20 +182,24 @@ pub struct Snapshot {
     generation: u64,
     edns_udp_size: u16,
     zones: Box<[Zone]>,
-    nodes: Box<[Node]>,
-    /// Lower-case wire name → index into `nodes` (one arena, see `names`).
-    names: names::NameIndex,
+    /// The nodes, in chunks shared with the snapshots before and after
+    /// this one (a delta replaces only the chunks of the names it changes,
+    /// see `patch`).
+    nodes: Nodes,
+    /// Lower-case wire name → index into `nodes` (one arena, see `names`);
+    /// shared while no name is added or removed.
+    names: Arc<names::NameIndex>,
     /// Lower-case wire apex → index into `zones`.
-    apexes: HashMap<Box<[u8]>, u32>,
+    apexes: Arc<HashMap<Box<[u8]>, u32>>,
     /// Routing-decision counters; `Plan::counter` indexes this.
-    decisions: Box<[Arc<DecisionCounter>]>,
+    decisions: Arc<[Arc<DecisionCounter>]>,
     /// The geo range table (none when the snapshot has none); shared with
     /// the previous snapshot while the table's own generation is unchanged.
     geo: Option<Arc<crate::geo::GeoTable>>,
     /// Answer EDNS Client Subnet with a scope.
     ecs_enabled: bool,
     /// Geo counters; `GeoPlan::counters` indexes this.
-    geo_counters: Box<[Arc<crate::geo::GeoCounters>]>,
+    geo_counters: Arc<[Arc<crate::geo::GeoCounters>]>,
 }
 
 /// `opengslb_routing_decisions_total` of one load-balanced name: answers
@@ -211,7 +220,7 @@ pub struct DecisionCounter {
 struct Stripe(AtomicU64);
 
 /// One zone: its apex, and its SOA encoded for negative answers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Zone {
     pub(crate) apex: Box<[u8]>,
     /// The SOA with TTL = negative TTL, for the authority section.
@@ -220,10 +229,11 @@ pub(crate) struct Zone {
     pub(crate) soa_negative_sigs: Records,
     /// Owners of the zone's NSEC records in canonical order (RFC 4034
     /// §6.1), for the binary search that finds the NSEC covering a name.
-    pub(crate) nsec_owners: Box<[NsecOwner]>,
+    /// (Shared between snapshots while the owners stay.)
+    pub(crate) nsec_owners: Arc<[NsecOwner]>,
     /// The NSEC3 chain, when the zone denies with NSEC3 (then no node has
-    /// an NSEC).
-    pub(crate) nsec3: Option<Box<crate::nsec3::Chain>>,
+    /// an NSEC); shared between snapshots while it stays.
+    pub(crate) nsec3: Option<Arc<crate::nsec3::Chain>>,
 }
 
 /// An owner name with an NSEC record, and its node.
@@ -234,10 +244,18 @@ pub(crate) struct NsecOwner {
 }
 
 /// One owner name (possibly an empty non-terminal).
-#[derive(Debug)]
+///
+/// Two cache lines, aligned: the key (name and hot RRsets) is the whole
+/// first one, which is all a positive lookup of a plain name reads (`hot`).
+#[derive(Debug, Clone)]
+#[repr(C, align(64))]
 pub(crate) struct Node {
+    /// The name and the leading unsigned static RRsets, encoded in one
+    /// block (read first by every lookup; see `hot`).
+    pub(crate) key: hot::Key,
     pub(crate) zone: u32,
-    /// Static RRsets; at an apex SOA, NS and DNSKEY come first, in that order.
+    /// Static RRsets after those in `key`; at an apex (whose key holds
+    /// none) SOA, NS and DNSKEY come first, in that order.
     pub(crate) rrsets: Box<[RRset]>,
     pub(crate) plans: Box<[Plan]>,
     /// Lower-case target of the node's CNAME, if it has one.
@@ -254,13 +272,13 @@ pub(crate) struct Node {
 /// record count `n` (u32, native order), the end offset of each record (`n`
 /// u32, counted from the first record's start; record `i` starts at end
 /// `i-1`, or 0), then the records.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Records {
     buf: Box<[u8]>,
 }
 
 /// One RRset, encoded, with the RRSIGs covering it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RRset {
     pub(crate) rtype: u16,
     pub(crate) records: Records,
@@ -268,7 +286,7 @@ pub(crate) struct RRset {
 }
 
 /// A load-balanced answer for one type.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub(crate) rtype: u16,
     pub(crate) policy: proto::Policy,
@@ -285,7 +303,7 @@ pub(crate) struct Plan {
 }
 
 /// One candidate of a plan.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Candidate {
     pub(crate) rrset: RRset,
     /// Weighted policy: relative weight (the picker reads `Plan::cumulative`).
@@ -320,9 +338,13 @@ impl Snapshot {
     }
 
     /// Node with this lower-case wire name.
+    /// (The index proposes, the node's key confirms: one slot, the node
+    /// and its key block are all a positive lookup reads.)
+    #[inline]
     pub(crate) fn node(&self, name: &[u8]) -> Option<(u32, &Node)> {
-        let i = self.names.get(name)?;
-        Some((i, self.nodes.get(i as usize)?))
+        self.names.probe(name, |i| {
+            self.nodes.get(i as usize).filter(|n| n.key.name() == name)
+        })
     }
 
     /// Counts one answer of `plan` on the writer's `stripe`.
@@ -354,12 +376,16 @@ impl Snapshot {
             .iter()
             .map(|c| ((c.domain(), c.algorithm()), c))
             .collect();
-        for c in self.decisions.iter_mut() {
+        let mut decisions = self.decisions.to_vec();
+        for c in decisions.iter_mut() {
             if let Some(&o) = old.get(&(c.domain(), c.algorithm())) {
                 *c = o.clone();
             }
         }
-        crate::geo::adopt(&mut self.geo_counters, &prev.geo_counters);
+        self.decisions = decisions.into();
+        let mut geo_counters = self.geo_counters.to_vec();
+        crate::geo::adopt(&mut geo_counters, &prev.geo_counters);
+        self.geo_counters = geo_counters.into();
     }
 
     /// The geo range table.
@@ -458,16 +484,7 @@ impl Snapshot {
             {
                 return Err(InvalidSnapshot::DuplicateZone { zone: i });
             }
-            zones.push(Zone {
-                apex: z.apex.clone().into_boxed_slice(),
-                soa_negative: encode_records(rtype::SOA, z.negative_ttl, &soa.rdata)?,
-                soa_negative_sigs: encode_records(rtype::RRSIG, z.negative_ttl, &soa.rrsig)?,
-                nsec_owners: Box::default(),
-                nsec3: match &z.nsec3 {
-                    Some(c) => Some(Box::new(crate::nsec3::Chain::compile(c)?)),
-                    None => None,
-                },
-            });
+            zones.push(compile_zone(z, soa, None)?);
         }
 
         let mut decisions = Vec::new();
@@ -533,14 +550,10 @@ impl Snapshot {
         debug_assert_eq!(names.len(), nodes.len());
         for (zone, mut list) in zones.iter_mut().zip(owners) {
             list.sort_by(|a, b| wire::canonical_cmp(&a.name, &b.name));
-            zone.nsec_owners = list.into_boxed_slice();
+            zone.nsec_owners = list.into();
         }
 
-        let edns = msg.options.as_ref().map_or(0, |o| o.edns_udp_size);
-        let edns_udp_size = match edns {
-            0 => DEFAULT_EDNS_UDP_SIZE,
-            n => u16::try_from(n).unwrap_or(u16::MAX).max(512),
-        };
+        let edns_udp_size = edns_udp_size(msg.options.as_ref());
         let geo = match &msg.geo {
             Some(t) => match prev.and_then(|p| p.geo.as_ref()) {
                 Some(g) if t.generation != 0 && g.generation() == t.generation => Some(g.clone()),
@@ -554,14 +567,43 @@ impl Snapshot {
             generation: msg.generation,
             edns_udp_size,
             zones: zones.into_boxed_slice(),
-            nodes: nodes.into_boxed_slice(),
-            names,
-            apexes,
-            decisions: decisions.into_boxed_slice(),
+            nodes: Nodes::from_vec(nodes),
+            names: Arc::new(names),
+            apexes: Arc::new(apexes),
+            decisions: decisions.into(),
             geo,
             ecs_enabled: msg.options.as_ref().is_some_and(|o| o.ecs_enabled),
-            geo_counters,
+            geo_counters: geo_counters.into(),
         })
+    }
+}
+
+/// The compiled zone `z` (its SOA `soa` already checked). `nsec3` is the
+/// chain to keep instead of compiling `z`'s (the caller has checked it is
+/// the same). NSEC owners are filled in by the caller.
+fn compile_zone(
+    z: &proto::Zone,
+    soa: &proto::RRset,
+    nsec3: Option<Arc<crate::nsec3::Chain>>,
+) -> Result<Zone, InvalidSnapshot> {
+    Ok(Zone {
+        apex: z.apex.clone().into_boxed_slice(),
+        soa_negative: encode_records(rtype::SOA, z.negative_ttl, &soa.rdata)?,
+        soa_negative_sigs: encode_records(rtype::RRSIG, z.negative_ttl, &soa.rrsig)?,
+        nsec_owners: Arc::default(),
+        nsec3: match (nsec3, &z.nsec3) {
+            (Some(kept), Some(_)) => Some(kept),
+            (_, Some(c)) => Some(Arc::new(crate::nsec3::Chain::compile(c)?)),
+            (_, None) => None,
+        },
+    })
+}
+
+/// The UDP payload size of `options` (the default when unset).
+fn edns_udp_size(options: Option<&proto::ServeOptions>) -> u16 {
+    match options.map_or(0, |o| o.edns_udp_size) {
+        0 => DEFAULT_EDNS_UDP_SIZE,
+        n => u16::try_from(n).unwrap_or(u16::MAX).max(512),
     }
 }
 
@@ -792,6 +834,29 @@ fn presentation(name: &[u8]) -> Box<str> {
     out.into_boxed_str()
 }
 
+/// The apex RRsets that come from zone `z` (SOA, NS, DNSKEY, NSEC3PARAM,
+/// in that order), appended to `out`.
+fn zone_rrsets(z: &proto::Zone, out: &mut Vec<RRset>) -> Result<(), InvalidSnapshot> {
+    // Checked by the caller: the SOA exists.
+    if let Some(soa) = &z.soa {
+        out.push(compile_rrset(rtype::SOA, soa)?);
+    }
+    for (t, r) in [(rtype::NS, &z.ns), (rtype::DNSKEY, &z.dnskey)] {
+        if let Some(r) = r.as_ref().filter(|r| !r.rdata.is_empty()) {
+            out.push(compile_rrset(t, r)?);
+        }
+    }
+    if let Some(param) = z
+        .nsec3
+        .as_ref()
+        .map(crate::nsec3::compile_param)
+        .transpose()?
+    {
+        out.extend(param);
+    }
+    Ok(())
+}
+
 /// Compiles a node; `apex` is its zone when the node is the zone's apex. A
 /// node with plans gets one new decision counter, pushed to `decisions`.
 fn compile_node(
@@ -799,25 +864,9 @@ fn compile_node(
     apex: Option<&proto::Zone>,
     decisions: &mut Vec<Arc<DecisionCounter>>,
 ) -> Result<Node, InvalidSnapshot> {
-    let mut rrsets = Vec::with_capacity(n.rrsets.len() + if apex.is_some() { 3 } else { 0 });
+    let mut rrsets = Vec::with_capacity(n.rrsets.len() + if apex.is_some() { 4 } else { 0 });
     if let Some(z) = apex {
-        // Checked by the caller: the SOA exists.
-        if let Some(soa) = &z.soa {
-            rrsets.push(compile_rrset(rtype::SOA, soa)?);
-        }
-        for (t, r) in [(rtype::NS, &z.ns), (rtype::DNSKEY, &z.dnskey)] {
-            if let Some(r) = r.as_ref().filter(|r| !r.rdata.is_empty()) {
-                rrsets.push(compile_rrset(t, r)?);
-            }
-        }
-        if let Some(param) = z
-            .nsec3
-            .as_ref()
-            .map(crate::nsec3::compile_param)
-            .transpose()?
-        {
-            rrsets.extend(param);
-        }
+        zone_rrsets(z, &mut rrsets)?;
     }
     let mut cname_target = None;
     for r in &n.rrsets {
@@ -913,7 +962,9 @@ fn compile_node(
         }
         _ => return Err(InvalidSnapshot::BadDenial),
     };
+    let key = hot::Key::build(&n.name, &mut rrsets, apex.is_some());
     Ok(Node {
+        key,
         zone: n.zone,
         rrsets: rrsets.into_boxed_slice(),
         plans: plans.into_boxed_slice(),

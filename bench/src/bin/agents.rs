@@ -14,9 +14,8 @@
 //! itself.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -25,6 +24,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use opengslb_bench::{
+    ask_a, binaries, clock_ticks, cpu_ticks, dataplane_config, finish, free_addr, log_text,
+    quantile_ms, rss_kib, start_controlplane, start_dataplane, wait_tcp, work_dir, write_private,
+    Children,
+};
 use opengslb_controlplane::overwatch::tls::{self, Identity, PinStore, Trust};
 use opengslb_proto::{
     agent_service_client::AgentServiceClient, BackendHealth, BackendRef, HealthClaim,
@@ -46,64 +50,14 @@ fn main() -> Result<()> {
         bail!("need at least 1 agent and 2 backends per agent");
     }
     let bins = binaries()?;
-    let dir = std::env::temp_dir().join(format!("opengslb-agents-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = work_dir("agents")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let result = rt.block_on(run(&bins, &dir, agents, backends, seconds, toggles));
-    match &result {
-        Ok(()) => {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        Err(_) => eprintln!("logs kept in {}", dir.display()),
-    }
+    finish(&dir, result.is_ok());
     result
-}
-
-/// The directory of the binaries, (re)built with this profile first.
-fn binaries() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("exe dir")?.to_path_buf();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "opengslb-controlplane",
-        "-p",
-        "opengslb-dataplane",
-    ]);
-    if dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    if !cmd.status()?.success() {
-        bail!("building the binaries failed");
-    }
-    Ok(dir)
-}
-
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
 }
 
 /// The address of backend `j` of agent `i`.
@@ -128,9 +82,9 @@ async fn run(
     seconds: u64,
     toggles: usize,
 ) -> Result<()> {
-    let dns: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let grpc = format!("127.0.0.1:{}", free_port()?);
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let dns = free_addr()?;
+    let grpc = free_addr()?;
+    let listen = free_addr()?;
     let mut domains =
         format!("  - {{name: {PROBE}, routing_algorithm: round-robin, regions: [r]}}\n");
     let mut tokens = format!("{PROBE}: \"{TOKEN}\"");
@@ -143,7 +97,8 @@ async fn run(
     let config = format!(
         r#"
 logging: {{level: warn, format: text}}
-metrics: {{enabled: true, address: "127.0.0.1:{cpm}"}}
+metrics: {{enabled: true, address: "{cpm}"}}
+api: {{enabled: false}}
 dns:
   listen_address: "{dns}"
   zones:
@@ -154,6 +109,7 @@ dataplane:
   workers: 1
   controlplanes: ["{grpc}"]
   cache_dir: cache
+  metrics_address: null
 regions:
   - name: r
     servers:
@@ -172,54 +128,21 @@ domains:
     enabled: false
     security_acknowledgment: "I understand that answers will be unsigned and that resolvers cannot detect forged answers"
 "#,
-        cpm = free_port()?,
+        cpm = free_addr()?,
     );
     let cfg = dir.join("gslb.yaml");
-    std::fs::write(&cfg, config)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))?;
-    }
-    let out = Command::new(bins.join("opengslb-controlplane"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("dataplane-config")
-        .output()?;
-    if !out.status.success() {
-        bail!("dataplane-config: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    std::fs::write(dir.join("dataplane.json"), &out.stdout)?;
-    let mut children = Children(Vec::new());
-    children.0.push(
-        Command::new(bins.join("opengslb-controlplane"))
-            .arg("--config")
-            .arg(&cfg)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("cp.log"))?)
-            .spawn()?,
-    );
-    let cp_pid = children.0[0].id();
-    children.0.push(
-        Command::new(bins.join("opengslb-dataplane"))
-            .arg("--config")
-            .arg(dir.join("dataplane.json"))
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("dp.log"))?)
-            .spawn()?,
-    );
-    // Wait for the agent port.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(listen).await.is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "agent port never opened; cp.log:\n{}",
-                std::fs::read_to_string(dir.join("cp.log")).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    write_private(&cfg, &config)?;
+    let dp_json = dir.join("dataplane.json");
+    dataplane_config(bins, &cfg, &dp_json)?;
+    let mut children = Children::default();
+    let cp_pid = children.push(start_controlplane(bins, &cfg, dir)?);
+    children.push(start_dataplane(bins, &dp_json, dir)?);
+    wait_tcp(listen, Duration::from_secs(30)).with_context(|| {
+        format!(
+            "the agent port never opened; cp.log:\n{}",
+            log_text(&dir.join("cp.log"))
+        )
+    })?;
     let rss_idle = rss_kib(cp_pid);
 
     // The agents.
@@ -275,8 +198,7 @@ domains:
         sent.load(Ordering::Relaxed),
     );
     let secs = (t1 - t0).as_secs_f64();
-    let hz = 100.0; // USER_HZ on Linux
-    let cpu = 100.0 * (c1 - c0) as f64 / hz / secs;
+    let cpu = 100.0 * (c1 - c0) as f64 / clock_ticks() / secs;
     println!(
         "controlplane: {:.1}% of one core over {secs:.0} s ({:.0} heartbeats/s received), RSS {} MiB (before agents: {} MiB)",
         cpu,
@@ -303,7 +225,7 @@ domains:
         toggle.send(claim).await?;
         let deadline = t + Duration::from_secs(5);
         loop {
-            if let Some(ips) = ask(dns) {
+            if let Some(ips) = ask_a(dns, PROBE) {
                 if ips.contains(&probe_ip) == want {
                     break;
                 }
@@ -332,7 +254,7 @@ fn report(what: &str, v: &mut [Duration]) {
         return;
     }
     v.sort();
-    let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    let p = |q: f64| quantile_ms(v, q);
     println!(
         "{what}: n={} p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms",
         v.len(),
@@ -442,79 +364,4 @@ async fn agent(
         }
         sent.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat; after the `)` they are at 11 and 12.
-    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
-}
-
-/// Resident set of `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// The A records of `PROBE` from `dns`.
-fn ask(dns: SocketAddr) -> Option<Vec<Ipv4Addr>> {
-    let s = UdpSocket::bind("127.0.0.1:0").ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
-    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in PROBE.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    s.send_to(&q, dns).ok()?;
-    let mut buf = [0u8; 1500];
-    let (len, _) = s.recv_from(&mut buf).ok()?;
-    parse_a(&buf[..len])
-}
-
-fn parse_a(m: &[u8]) -> Option<Vec<Ipv4Addr>> {
-    if m.len() < 12 || m[0..2] != [0x12, 0x34] || m[3] & 0x0f != 0 {
-        return None;
-    }
-    let qd = u16::from_be_bytes([m[4], m[5]]);
-    let an = u16::from_be_bytes([m[6], m[7]]);
-    let mut i = 12;
-    let skip_name = |mut i: usize| -> Option<usize> {
-        loop {
-            let b = *m.get(i)?;
-            if b == 0 {
-                return Some(i + 1);
-            }
-            if b & 0xc0 == 0xc0 {
-                return Some(i + 2);
-            }
-            i += 1 + usize::from(b);
-        }
-    };
-    for _ in 0..qd {
-        i = skip_name(i)? + 4;
-    }
-    let mut out = Vec::new();
-    for _ in 0..an {
-        i = skip_name(i)?;
-        let rtype = u16::from_be_bytes([*m.get(i)?, *m.get(i + 1)?]);
-        let rdlen = usize::from(u16::from_be_bytes([*m.get(i + 8)?, *m.get(i + 9)?]));
-        i += 10;
-        if rtype == 1 && rdlen == 4 {
-            let r = m.get(i..i + 4)?;
-            out.push(Ipv4Addr::new(r[0], r[1], r[2], r[3]));
-        }
-        i += rdlen;
-    }
-    Some(out)
 }

@@ -15,7 +15,9 @@
 //! - decision → signed answer served: from the controlplane's health
 //!   decision (the new generation, microseconds since the epoch taken as
 //!   the recompile starts, read from `opengslb_snapshot_generation`) to the
-//!   first verified new answer;
+//!   first verified new answer (a flip for which the dataplane applied
+//!   more than one generation is left out and counted: its generation is
+//!   ambiguous);
 //! - listener change → signed answer served (adds the health check's
 //!   detection, up to one interval).
 //!
@@ -27,19 +29,17 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use opengslb_bench::{
+    binaries, dataplane_config, finish, free_addr, metric, skip_name, snapshot_generation,
+    start_controlplane, start_dataplane, wait_generation, wire_name as wire, work_dir,
+    write_private, Backend, Children,
+};
 use opengslb_controlplane::dnssec::sign::canonical_rrs;
 
 const NAME: &str = "flip.bench.test";
@@ -57,28 +57,23 @@ fn main() -> Result<()> {
         .unwrap_or(100_000);
     let flips: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
     let bins = binaries()?;
-    let dir = std::env::temp_dir().join(format!("opengslb-dnssec-flip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = work_dir("dnssec-flip")?;
     let result = run(&bins, &dir, names, flips);
-    match &result {
-        Ok(()) if std::env::var_os("OPENGSLB_BENCH_KEEP").is_none() => {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        _ => eprintln!("logs kept in {}", dir.display()),
-    }
+    finish(&dir, result.is_ok());
     result
 }
 
 fn run(bins: &Path, dir: &Path, names: usize, flips: usize) -> Result<()> {
-    let mut toggled = Backend::start("127.0.0.2:0".parse()?)?;
-    let steady = Backend::start("127.0.0.3:0".parse()?)?;
-    let grpc = format!("127.0.0.1:{}", free_port()?);
-    let cp_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let dns: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let dp_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut toggled = Backend::start(Ipv4Addr::new(127, 0, 0, 2))?;
+    let steady = Backend::start(Ipv4Addr::new(127, 0, 0, 3))?;
+    let grpc = free_addr()?;
+    let cp_metrics = free_addr()?;
+    let dns = free_addr()?;
+    let dp_metrics = free_addr()?;
     let mut text = format!(
         r#"logging: {{level: debug, format: text}}
 metrics: {{enabled: true, address: "{cp_metrics}"}}
+api: {{enabled: false}}
 dns:
   listen_address: "{dns}"
   default_ttl: 30
@@ -121,40 +116,13 @@ regions:
         )?;
     }
     let cfg = dir.join("gslb.yaml");
-    std::fs::write(&cfg, text)?;
-    std::fs::set_permissions(
-        &cfg,
-        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
-    )?;
-    let out = Command::new(bins.join("opengslb-controlplane"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("dataplane-config")
-        .output()?;
-    if !out.status.success() {
-        bail!("dataplane-config: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    std::fs::write(dir.join("dataplane.json"), &out.stdout)?;
+    write_private(&cfg, &text)?;
+    let dp_json = dir.join("dataplane.json");
+    dataplane_config(bins, &cfg, &dp_json)?;
     let started = Instant::now();
-    let mut children = Children(Vec::new());
-    children.0.push(
-        Command::new(bins.join("opengslb-controlplane"))
-            .arg("--config")
-            .arg(&cfg)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("cp.log"))?)
-            .spawn()?,
-    );
-    children.0.push(
-        Command::new(bins.join("opengslb-dataplane"))
-            .arg("--config")
-            .arg(dir.join("dataplane.json"))
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("dp.log"))?)
-            .spawn()?,
-    );
+    let mut children = Children::default();
+    children.push(start_controlplane(bins, &cfg, dir)?);
+    children.push(start_dataplane(bins, &dp_json, dir)?);
     let a = Ipv4Addr::new(127, 0, 0, 2);
     let b = Ipv4Addr::new(127, 0, 0, 3);
     // The zone's keys, then both backends served and signed.
@@ -178,11 +146,17 @@ regions:
         "{names} names + {NAME}: first signed answer after {:.1} s (start, compile, sign, push)",
         started.elapsed().as_secs_f64()
     );
-    let mut last_gen = metric(cp_metrics, "opengslb_snapshot_generation").unwrap_or(0);
+    let mut last_gen = snapshot_generation(cp_metrics).unwrap_or(0);
     let (mut decided, mut changed) = (Vec::new(), Vec::new());
+    // Flips for which the dataplane applied more than one generation: the
+    // generation read below may then be a later one than the change's, so
+    // they are left out of the decision timing (not of the other).
+    let mut ambiguous = 0usize;
+    let applied = || metric(dp_metrics, "opengslb_snapshots_applied_total");
     for flip in 0..flips {
         let up = flip % 2 == 1;
         std::thread::sleep(Duration::from_millis(150 + (flip as u64 * 37) % 100));
+        let applied_before = applied();
         let t0 = SystemTime::now();
         if up {
             toggled.up()?;
@@ -203,13 +177,28 @@ regions:
             }
             std::thread::sleep(Duration::from_micros(200));
         };
+        let applied_after = applied();
         let generation = wait_generation(cp_metrics, last_gen)?;
         last_gen = generation;
         let decision = UNIX_EPOCH + Duration::from_micros(generation);
-        decided.push(seen.duration_since(decision).unwrap_or_default());
-        changed.push(seen.duration_since(t0).unwrap_or_default());
+        match (applied_before, applied_after) {
+            (Some(b), Some(a)) if a - b == 1.0 => decided
+                .push(seen.duration_since(decision).map_err(|_| {
+                    anyhow::anyhow!("flip {flip}: answer seen before the decision")
+                })?),
+            _ => ambiguous += 1,
+        }
+        changed.push(seen.duration_since(t0)?);
     }
-    report("decision -> verified signed answer", &mut decided);
+    if ambiguous > 0 {
+        println!(
+            "{ambiguous} of {flips} flips applied more than one generation before the answer \
+             (left out of the decision timing)"
+        );
+    }
+    if !decided.is_empty() {
+        report("decision -> verified signed answer", &mut decided);
+    }
     report("listener change -> verified signed answer", &mut changed);
     Ok(())
 }
@@ -228,92 +217,6 @@ fn report(what: &str, samples: &mut [Duration]) {
         q(0.0),
         q(1.0)
     );
-}
-
-/// The directory holding both binaries, (re)built with this profile first.
-fn binaries() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("exe dir")?.to_path_buf();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "opengslb-controlplane",
-        "-p",
-        "opengslb-dataplane",
-    ]);
-    if dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    if !cmd.status()?.success() {
-        if !dir.join("opengslb-controlplane").exists() || !dir.join("opengslb-dataplane").exists() {
-            bail!("building the binaries failed");
-        }
-        eprintln!("warning: building the binaries failed; measuring the existing ones");
-    }
-    Ok(dir)
-}
-
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
-}
-
-fn wait_generation(metrics: SocketAddr, after: u64) -> Result<u64> {
-    let start = Instant::now();
-    loop {
-        if let Some(g) = metric(metrics, "opengslb_snapshot_generation") {
-            if g > after {
-                return Ok(g);
-            }
-        }
-        if start.elapsed() > Duration::from_secs(2) {
-            bail!("the controlplane's generation did not move");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-}
-
-fn wire(name: &str) -> Vec<u8> {
-    let mut w = Vec::new();
-    for label in name.split('.') {
-        w.push(label.len() as u8);
-        w.extend_from_slice(label.as_bytes());
-    }
-    w.push(0);
-    w
 }
 
 /// One record of an answer section.
@@ -356,19 +259,6 @@ fn query(dns: SocketAddr, name: &str, qtype: u16) -> Option<Vec<Rr>> {
         out.push(Rr { rtype, ttl, rdata });
     }
     Some(out)
-}
-
-fn skip_name(m: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        let len = *m.get(i)?;
-        if len == 0 {
-            return Some(i + 1);
-        }
-        if len & 0xc0 == 0xc0 {
-            return Some(i + 2);
-        }
-        i += 1 + usize::from(len);
-    }
 }
 
 /// The zone's DNSKEYs: (key tag, algorithm, public key).
@@ -452,65 +342,5 @@ fn verify(alg: u8, key: &[u8], data: &[u8], sig: &[u8]) -> bool {
             .verify(data, sig)
             .is_ok(),
         _ => false,
-    }
-}
-
-struct Backend {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Backend {
-    fn start(addr: SocketAddr) -> Result<Self> {
-        let listener = TcpListener::bind(addr)?;
-        let mut b = Self {
-            addr: listener.local_addr()?,
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-        };
-        b.spawn(listener)?;
-        Ok(b)
-    }
-
-    fn spawn(&mut self, listener: TcpListener) -> Result<()> {
-        listener.set_nonblocking(true)?;
-        self.stop.store(false, Ordering::SeqCst);
-        let stop = self.stop.clone();
-        self.thread = Some(std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                if listener.accept().is_err() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }));
-        Ok(())
-    }
-
-    fn down(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-
-    fn up(&mut self) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            match TcpListener::bind(self.addr) {
-                Ok(l) => return self.spawn(l),
-                Err(e) if start.elapsed() < Duration::from_secs(5) => {
-                    eprintln!("rebind {}: {e}", self.addr);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.down();
     }
 }

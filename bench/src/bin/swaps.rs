@@ -31,10 +31,9 @@
 
 use std::{
     collections::BTreeSet,
-    io::Write,
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, Mutex,
@@ -43,6 +42,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use opengslb_bench::{
+    answers, binaries, build_query, clock_ticks, cpu_ticks, finish, free_port, spawn_logged,
+    start_controlplane, wait_tcp, work_dir, write_private, Children,
+};
 
 const CONFIG: &str = r#"
 logging: {level: info, format: text}
@@ -99,15 +102,9 @@ struct Opts {
 fn main() -> Result<()> {
     let opts = parse_args()?;
     let bins = binaries()?;
-    let dir = std::env::temp_dir().join(format!("opengslb-swaps-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = work_dir("swaps")?;
     let result = run(&opts, &bins, &dir);
-    match &result {
-        Ok(true) => {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        _ => eprintln!("logs kept in {}", dir.display()),
-    }
+    finish(&dir, matches!(result, Ok(true)));
     match result {
         Ok(true) => Ok(()),
         Ok(false) => std::process::exit(1),
@@ -146,56 +143,6 @@ fn parse_args() -> Result<Opts> {
     Ok(o)
 }
 
-/// Builds (when possible) and locates the release binaries next to this one.
-fn binaries() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("OPENGSLB_BIN") {
-        return Ok(dir.into());
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("exe dir")?.to_path_buf();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "opengslb-controlplane",
-        "-p",
-        "opengslb-dataplane",
-    ]);
-    if dir.ends_with("release") {
-        cmd.arg("--release");
-    }
-    if !cmd.status().is_ok_and(|s| s.success()) {
-        if !dir.join("opengslb-controlplane").exists() || !dir.join("opengslb-dataplane").exists() {
-            bail!("building the binaries failed");
-        }
-        eprintln!("warning: building the binaries failed; measuring the existing ones");
-    }
-    Ok(dir)
-}
-
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
-}
-
 fn config(dns: u16, grpc: u16, generation_b: bool) -> String {
     let f = FIRST[usize::from(generation_b)];
     CONFIG
@@ -205,22 +152,6 @@ fn config(dns: u16, grpc: u16, generation_b: bool) -> String {
         .replace("{a2}", &(f + 1).to_string())
         .replace("{a3}", &(f + 2).to_string())
         .replace("{a4}", &(f + 3).to_string())
-}
-
-/// Writes the config atomically (the controlplane may be reading it).
-fn write_config(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 /// One measured run.
@@ -252,43 +183,26 @@ fn run(o: &Opts, bins: &Path, dir: &Path) -> Result<bool> {
     let dns = free_port()?;
     let grpc = free_port()?;
     let cfg_path = dir.join("gslb.yaml");
-    write_config(&cfg_path, &config(dns, grpc, false))?;
-    let mut children = Children(Vec::new());
-    let cp = Command::new(bins.join("opengslb-controlplane"))
-        .arg("--config")
-        .arg(&cfg_path)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("cp.log"))?)
-        .stderr(std::fs::File::create(dir.join("cp.err"))?)
-        .spawn()
-        .context("starting the controlplane")?;
-    let cp_pid = cp.id();
-    children.0.push(cp);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        if Instant::now() > deadline {
-            bail!("the controlplane did not listen within 30 s (see cp.log)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let dp = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(bins.join("opengslb-dataplane"))
-        .args(["--listen", &format!("127.0.0.1:{dns}"), "--workers", "1"])
-        .args(["--controlplane", &format!("127.0.0.1:{grpc}")])
-        .arg("--cache-dir")
-        .arg(dir.join("dp-cache"))
-        // `info`: one "serving snapshot" line per generation applied, which
-        // counts the swaps exactly (the checker's SOA samples are a bound).
-        .args(["--log-level", "info"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("dp.log"))?)
-        .stderr(std::fs::File::create(dir.join("dp.err"))?)
-        .spawn()
-        .context("starting the dataplane (taskset)")?;
-    let dp_pid = dp.id();
-    children.0.push(dp);
+    write_private(&cfg_path, &config(dns, grpc, false))?;
+    let mut children = Children::default();
+    let cp_pid = children.push(start_controlplane(bins, &cfg_path, dir)?);
+    wait_tcp(([127, 0, 0, 1], grpc).into(), Duration::from_secs(30))
+        .context("the controlplane did not listen (see cp.log)")?;
+    let dp_pid = children.push(spawn_logged(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(bins.join("opengslb-dataplane"))
+            .args(["--listen", &format!("127.0.0.1:{dns}"), "--workers", "1"])
+            .args(["--controlplane", &format!("127.0.0.1:{grpc}")])
+            .arg("--cache-dir")
+            .arg(dir.join("dp-cache"))
+            // `info`: one "serving snapshot" line per generation applied,
+            // which counts the swaps exactly (the checker's SOA samples are
+            // a bound).
+            .args(["--log-level", "info"]),
+        dir,
+        "dp.log",
+    )?);
     let server: SocketAddr = ([127, 0, 0, 1], dns).into();
     let deadline = Instant::now() + Duration::from_secs(30);
     while check_once(server, 1, Kind::A).map(|c| c.ok) != Some(true) {
@@ -414,7 +328,7 @@ fn measure(
             let mut next = Instant::now();
             while !stop.load(Relaxed) {
                 b = !b;
-                if let Err(e) = write_config(&path, &texts[usize::from(b)]) {
+                if let Err(e) = write_private(&path, &texts[usize::from(b)]) {
                     return (Err(e), b);
                 }
                 // SIGHUP: the controlplane reloads, compiles and publishes.
@@ -466,13 +380,10 @@ fn measure(
 }
 
 /// Generations the dataplane has applied so far: its "serving snapshot"
-/// log lines (stdout or stderr, whichever the log goes to).
+/// log lines (`dp.log` holds its stdout and stderr).
 fn applied_count(dir: &Path) -> u64 {
-    ["dp.log", "dp.err"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
-        .map(|t| t.matches("serving snapshot").count() as u64)
-        .sum()
+    std::fs::read_to_string(dir.join("dp.log"))
+        .map_or(0, |t| t.matches("serving snapshot").count() as u64)
 }
 
 /// Runs dnsperf on CPU 1; returns (qps, lost queries).
@@ -511,26 +422,6 @@ fn dnsperf(
         .and_then(|v| v.parse::<u64>().ok())
         .context("no lost count in dnsperf output")?;
     Ok((qps, lost))
-}
-
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime); `rest` starts at field 3.
-    let u: u64 = f.get(11).context("utime")?.parse()?;
-    let s: u64 = f.get(12).context("stime")?.parse()?;
-    Ok(u + s)
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 #[derive(Clone, Copy)]
@@ -589,17 +480,7 @@ fn check_once(server: SocketAddr, id: u16, kind: Kind) -> Option<Checked> {
         Kind::Aaaa => ("www.gslb.test", 28),
         Kind::Soa => ("gslb.test", 6),
     };
-    let mut q = Vec::with_capacity(40);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&[0, 1]);
-    s.send_to(&q, server).ok()?;
+    s.send_to(&build_query(id, name, qtype), server).ok()?;
     let mut buf = [0u8; 1500];
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
@@ -676,36 +557,4 @@ fn judge(m: &[u8], kind: Kind) -> Checked {
             Checked { ok, serial: None }
         }
     }
-}
-
-/// (type, rdata) of each answer record; None when the message is malformed.
-fn answers(m: &[u8]) -> Option<Vec<(u16, Vec<u8>)>> {
-    let qd = u16::from_be_bytes([*m.get(4)?, *m.get(5)?]);
-    let an = u16::from_be_bytes([*m.get(6)?, *m.get(7)?]);
-    let skip_name = |mut i: usize| -> Option<usize> {
-        loop {
-            let b = *m.get(i)?;
-            if b == 0 {
-                return Some(i + 1);
-            }
-            if b & 0xc0 == 0xc0 {
-                return Some(i + 2);
-            }
-            i += 1 + usize::from(b);
-        }
-    };
-    let mut i = 12;
-    for _ in 0..qd {
-        i = skip_name(i)? + 4;
-    }
-    let mut out = Vec::new();
-    for _ in 0..an {
-        i = skip_name(i)?;
-        let rtype = u16::from_be_bytes([*m.get(i)?, *m.get(i + 1)?]);
-        let rdlen = usize::from(u16::from_be_bytes([*m.get(i + 8)?, *m.get(i + 9)?]));
-        i += 10;
-        out.push((rtype, m.get(i..i + rdlen)?.to_vec()));
-        i += rdlen;
-    }
-    Some(out)
 }

@@ -6,103 +6,34 @@
 //! and again after a failover (a real TCP health check failing), after an
 //! override, after a reload and across a signature refresh.
 //!
-//! `delv` comes with Debian's `dnsutils` (`.ci/run` installs it and sets
-//! `OPENGSLB_REQUIRE_DELV=1`, which turns a missing `delv` into a failure).
+//! The delv invocation and its checks are in `delv_support.rs` (shared with
+//! `rollover.rs`); a missing `delv` skips these tests unless
+//! `OPENGSLB_REQUIRE_DELV=1` (set by `.ci/run`) makes it a failure.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 
+use crate::delv_support::*;
 use crate::harness::*;
-
-/// Whether `delv` can run here; panics when it is required but missing.
-fn have_delv() -> bool {
-    let ok = Command::new("delv").arg("-v").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("OPENGSLB_REQUIRE_DELV").is_none(),
-            "delv is required (OPENGSLB_REQUIRE_DELV) but not installed (Debian: dnsutils)"
-        );
-        eprintln!("skipped: delv is not installed (Debian package dnsutils)");
-    }
-    ok
-}
 
 /// The zone's DS records as a `delv -a` trust anchor file.
 fn anchors(g: &Gslb) -> PathBuf {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        if let Some(b) = http_get(g.api, "/api/v1/dnssec/ds?zone=gslb.test") {
-            if b.contains(" IN DS ") {
-                break b;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no DS from the API:\n{}",
-            g.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut file = String::from("trust-anchors {\n");
-    for line in body.split('"').filter(|s| s.contains(" IN DS ")) {
-        // gslb.test. IN DS <tag> <alg> <digest type> <digest>
-        let f: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(f.len(), 7, "DS line {line:?}");
-        file.push_str(&format!(
-            "  {} static-ds {} {} {} \"{}\";\n",
-            f[0], f[3], f[4], f[5], f[6]
-        ));
-    }
-    file.push_str("};\n");
-    assert!(file.contains("static-ds"), "{body}");
-    let path = g.dir.path().join("anchors.conf");
-    std::fs::write(&path, file).unwrap();
-    path
-}
-
-/// Runs delv for `name`/`t` against the dataplane; returns its output.
-fn delv(g: &Gslb, anchors: &PathBuf, name: &str, t: &str) -> String {
-    let out = Command::new("delv")
-        .arg(format!("@{}", g.dns.ip()))
-        .args(["-p", &g.dns.port().to_string()])
-        .arg("-a")
-        .arg(anchors)
-        .args(["+root=gslb.test", "+tcp", "+nomtrace", "+novtrace"])
-        .args([name, t])
-        .output()
-        .expect("run delv");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    write_anchors(g, "zone", &zone_ds(g))
 }
 
 /// Asserts delv fully validated a positive answer holding `want`.
-fn validated(g: &Gslb, a: &PathBuf, name: &str, t: &str, want: &str) {
-    let out = delv(g, a, name, t);
-    assert!(
-        out.contains("; fully validated") && !out.contains("resolution failed"),
-        "{name} {t} not validated:\n{out}\n{}",
-        g.logs()
-    );
-    assert!(out.contains(want), "{name} {t}: no {want:?} in\n{out}");
+fn validated(g: &Gslb, a: &Path, name: &str, t: &str, want: &str) {
+    assert_validated(g, a, "delv", name, t, want);
 }
 
 /// Asserts delv fully validated a negative answer of `kind` (`nxdomain`
 /// or `nxrrset`).
-fn validated_negative(g: &Gslb, a: &PathBuf, name: &str, t: &str, kind: &str) {
-    let out = delv(g, a, name, t);
-    assert!(
-        out.contains("; negative response, fully validated") && out.contains(kind),
-        "{name} {t}: no validated {kind}:\n{out}\n{}",
-        g.logs()
-    );
+fn validated_negative(g: &Gslb, a: &Path, name: &str, t: &str, kind: &str) {
+    assert_validated_negative(g, a, "delv", name, t, kind);
 }
 
 /// A loopback TCP listener standing for a backend; dropped = down.
@@ -130,7 +61,7 @@ fn config(denial: &str, port_a: u16, port_b: u16) -> impl FnOnce(String) -> Stri
 }
 
 /// Every kind of answer, validated.
-fn validate_everything(g: &Gslb, a: &PathBuf) {
+fn validate_everything(g: &Gslb, a: &Path) {
     validated(g, a, "gslb.test", "DNSKEY", "DNSKEY");
     validated(g, a, "gslb.test", "SOA", "SOA");
     validated(g, a, "gslb.test", "NS", "ns1.gslb.test.");
@@ -240,11 +171,7 @@ fn delv_validates_the_whole_system_nsec3() {
 
 /// RRSIG expiration of the SOA as served now.
 fn soa_expiration(g: &Gslb) -> u32 {
-    let mut q = query_edns("gslb.test.", RecordType::SOA, 4096);
-    if let Some(e) = q.edns.as_mut() {
-        e.set_dnssec_ok(true);
-    }
-    g.udp(&q)
+    g.udp(&query_do("gslb.test.", RecordType::SOA))
         .answers
         .iter()
         .find_map(|r| match &r.data {

@@ -1,25 +1,38 @@
 //! DNSSEC key sync between two real controlplanes (each with its own store
-//! and dataplane) polling each other's REST API: they converge on one key
-//! set, private part included — both sign with it, and one DS validates both
-//! dataplanes' answers. A peer answering garbage is counted as a failure
-//! and changes nothing: signing and serving go on.
+//! and dataplane) polling each other's REST API with the sealed key-sync
+//! protocol: they converge on one key set, private part included — both sign
+//! with it, and one DS validates both dataplanes' answers. A peer answering
+//! something that does not open is counted as a failure and changes
+//! nothing: signing and serving go on. What crosses the wire is ciphertext
+//! (no private key, no token); a bearer token alone, a replayed request and
+//! a wrong token are refused. A rollover started on one node shows the same
+//! phase and keys on the other after a sync, and so does its cancel.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant, SystemTime};
+
+use opengslb_controlplane::dnssec::sync;
+use serde_json::Value;
 
 use hickory_proto::dnssec::rdata::DNSSECRData;
 use hickory_proto::rr::{RData, RecordType};
 
+use crate::delv_support::{dnskey_tags, query_do, rrsig_key_tags};
 use crate::harness::*;
 
 fn add_sync(g: &Gslb, peers: &[String]) {
+    add_sync_with(g, peers, "");
+}
+
+/// As [`add_sync`], with `extra` `key_sync` settings (`KEY: VALUE, `).
+fn add_sync_with(g: &Gslb, peers: &[String], extra: &str) {
     let token = g.dir.path().join("api.token");
     let list: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
     let text = std::fs::read_to_string(&g.config).unwrap().replace(
         "  data_dir: cp-data\n",
         &format!(
-            "  data_dir: cp-data\n  dnssec:\n    key_sync: {{peers: [{}], poll_interval: 1s, timeout: 2s, token_file: \"{}\"}}\n",
+            "  data_dir: cp-data\n  dnssec:\n    key_sync: {{peers: [{}], poll_interval: 1s, timeout: 2s, {extra}token_file: \"{}\"}}\n",
             list.join(", "),
             token.display()
         ),
@@ -29,28 +42,15 @@ fn add_sync(g: &Gslb, peers: &[String]) {
 
 /// Key tags of the DNSKEY RRset a dataplane serves.
 fn tags(g: &Gslb) -> Vec<u16> {
-    let mut q = query_edns("gslb.test.", RecordType::DNSKEY, 4096);
-    if let Some(e) = q.edns.as_mut() {
-        e.set_dnssec_ok(true);
-    }
-    let mut t: Vec<u16> = g
-        .udp(&q)
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k.calculate_key_tag().unwrap()),
-            _ => None,
-        })
-        .collect();
-    t.sort_unstable();
-    t
+    dnskey_tags(&g.udp(&query_do("gslb.test.", RecordType::DNSKEY)))
 }
 
 fn ds(g: &Gslb) -> String {
     http_get(g.api, "/api/v1/dnssec/ds?zone=gslb.test").unwrap_or_default()
 }
 
-/// A "peer" that answers every request with a malformed export.
+/// A "peer" that answers every request with a well-formed sealed export
+/// that does not open (it does not know the token).
 fn garbage_peer() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
@@ -58,9 +58,13 @@ fn garbage_peer() -> String {
         for s in l.incoming().take(50) {
             let Ok(mut s) = s else { continue };
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
-            let body = "{\"zones\":[{\"zone\":\"gslb.test\",\"keys\":[{\"role\":\"csk\",\"algorithm\":13,\"flags\":257,\"key_tag\":1,\"created_unix\":1,\"private_key_pkcs8_hex\":\"00FF\"}]}]}";
+            read_request(&mut s);
+            let body = format!(
+                "{{\"protocol\":\"{}\",\"server_nonce\":\"{}\",\"sealed\":\"{}\"}}",
+                sync::PROTOCOL,
+                "AB".repeat(32),
+                "5A".repeat(200)
+            );
             let _ = write!(
                 s,
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -69,6 +73,60 @@ fn garbage_peer() -> String {
         }
     });
     format!("http://{addr}")
+}
+
+/// Reads one whole request (head and `Content-Length` body), so that
+/// closing after the answer does not reset the connection.
+fn read_request(s: &mut TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = s.read(&mut chunk) {
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return;
+        }
+    }
+}
+
+/// `POST path` with `body` and optional headers; (status, body).
+fn http_post(addr: SocketAddr, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+fn bearer() -> String {
+    format!("Authorization: Bearer {API_TOKEN}\r\n")
 }
 
 #[test]
@@ -135,7 +193,250 @@ fn two_controlplanes_converge_on_one_key_with_its_private_part() {
     }
     let status = http_get(a.api, "/api/v1/dnssec/status").unwrap();
     assert!(status.contains("\"state\":\"failing\""), "{status}");
-    assert!(status.contains("malformed key"), "{status}");
+    assert!(status.contains("does not open"), "{status}");
     // And a still signs with the converged key.
     assert_eq!(tags(&a), [key]);
+}
+
+#[test]
+fn the_export_is_ciphertext_and_refuses_bearer_tokens_replays_and_wrong_tokens() {
+    let g = Gslb::start();
+    // A bearer token alone: a clear 4xx naming the sealed protocol.
+    let (code, body) = http_post(g.api, sync::EXPORT_PATH, &bearer(), "");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("sealed key-sync protocol"), "{body}");
+    // A sealed request, made as a peer would, over plain TCP.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let req = sync::make_request(API_TOKEN, now).unwrap();
+    let req_json = serde_json::to_string(&req).unwrap();
+    assert!(!req_json.contains(API_TOKEN));
+    let (code, raw) = http_post(g.api, sync::EXPORT_PATH, "", &req_json);
+    assert_eq!(code, 200, "{raw}");
+    let sealed: sync::SealedExport = serde_json::from_str(&raw).unwrap();
+    let plain = sync::open(API_TOKEN, &req, &sealed).unwrap();
+    let export: sync::KeyExport = serde_json::from_slice(&plain).unwrap();
+    let key = &export
+        .zones
+        .iter()
+        .find(|z| z.zone == "gslb.test")
+        .expect("gslb.test exported")
+        .keys[0];
+    let pkcs8 = key.private_key_pkcs8_hex.to_ascii_uppercase();
+    assert!(pkcs8.len() > 64);
+    // On the wire: neither the private key (hex, any case, nor a slice of
+    // it), nor the token, nor the export's structure.
+    let upper = raw.to_ascii_uppercase();
+    for w in pkcs8.as_bytes().chunks(32) {
+        let w = std::str::from_utf8(w).unwrap();
+        assert!(w.len() < 16 || !upper.contains(w), "{w} in {raw}");
+    }
+    for clear in [API_TOKEN, "zones", "private_key", "gslb.test"] {
+        assert!(!raw.contains(clear), "{clear} in {raw}");
+    }
+    // The same request again: replayed.
+    let (code, body) = http_post(g.api, sync::EXPORT_PATH, "", &req_json);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("replayed"), "{body}");
+    // A wrong token, and a stale clock.
+    let wrong = sync::make_request("not-the-api-token-0123456789", now).unwrap();
+    let (code, body) = http_post(
+        g.api,
+        sync::EXPORT_PATH,
+        "",
+        &serde_json::to_string(&wrong).unwrap(),
+    );
+    assert_eq!(code, 401, "{body}");
+    let stale = sync::make_request(API_TOKEN, now - 3600).unwrap();
+    let (code, body) = http_post(
+        g.api,
+        sync::EXPORT_PATH,
+        "",
+        &serde_json::to_string(&stale).unwrap(),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("clock"), "{body}");
+    // Audited once, under the token's name.
+    let audit = http_get(g.api, "/api/v1/audit").unwrap();
+    assert_eq!(audit.matches("dnssec.keys.export").count(), 1, "{audit}");
+    assert!(audit.contains("\"tests\""), "{audit}");
+}
+
+/// The zone's rollover from `GET /api/v1/dnssec/rollover`.
+fn rollover_state(g: &Gslb) -> Value {
+    let body = http_get(g.api, "/api/v1/dnssec/rollover?zone=gslb.test").expect("REST answer");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["rollover"].clone()
+}
+
+/// Key tags of the RRSIGs over www's A RRset (DO=1), sorted.
+fn signers(g: &Gslb) -> Vec<u16> {
+    rrsig_key_tags(&g.udp(&query_do("www.gslb.test.", RecordType::A)))
+}
+
+/// Waits (bounded) until `b` shows `a`'s rollover (same phase, keys, times)
+/// and serves the same DNSKEY and RRSIG sets.
+fn wait_same_rollover(a: &Gslb, b: &Gslb, phase: &str, keys: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ra, rb) = (rollover_state(a), rollover_state(b));
+        let same = ra["phase"] == phase
+            && [
+                "phase",
+                "method",
+                "old_key_tag",
+                "new_key_tag",
+                "started_unix",
+                "next_step_unix",
+                "in_progress",
+            ]
+            .iter()
+            .all(|k| ra[k] == rb[k]);
+        let (ta, tb) = (tags(a), tags(b));
+        if same && ta.len() == keys && ta == tb && signers(a) == signers(b) {
+            return rb;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b never showed a's rollover in {phase}:\na: {ra} {ta:?}\nb: {rb} {tb:?}\n{}\n{}",
+            a.logs(),
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_rollover_started_on_one_node_shows_the_same_phase_on_its_peer() {
+    let mut a = Gslb::prepare(|c| c);
+    let mut b = Gslb::prepare(|c| c);
+    add_sync(&a, &[format!("http://{}", b.api)]);
+    add_sync(&b, &[format!("http://{}", a.api)]);
+    for g in [&mut a, &mut b] {
+        g.start_cp();
+        g.start_dp();
+        g.wait_answering();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tags(&a).is_empty() || tags(&a) != tags(&b) {
+        assert!(
+            Instant::now() < deadline,
+            "no convergence\n{}\n{}",
+            a.logs(),
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let old = tags(&a);
+    // Start a CSK (double-signature) rollover on a.
+    let (code, body) = http_post(
+        a.api,
+        "/api/v1/dnssec/rollover",
+        &bearer(),
+        r#"{"zone":"gslb.test"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let rb = wait_same_rollover(&a, &b, "publish", 2);
+    assert_eq!(rb["in_progress"], true, "{rb}");
+    assert!(tags(&b).contains(&old[0]));
+    // Both keys sign on both nodes (double signature).
+    assert_eq!(signers(&b), tags(&b));
+    // A cancel on a: b follows, back to the old key alone.
+    let (code, body) = http_post(
+        a.api,
+        "/api/v1/dnssec/rollover",
+        &bearer(),
+        r#"{"zone":"gslb.test","action":"cancel"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_same_rollover(&a, &b, "cancelled", 1);
+    assert_eq!(tags(&b), old);
+    assert_eq!(signers(&b), old);
+}
+
+/// A CA, and a certificate for 127.0.0.1 it signs: (CA PEM, leaf PEM, leaf
+/// key PEM).
+fn ca_and_leaf() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test REST API CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// Serves `g`'s REST API over TLS with a certificate of the CA.
+fn api_tls(g: &Gslb, ca: &(String, String, String)) {
+    write_private(&g.dir.path().join("api.crt"), &ca.1);
+    write_private(&g.dir.path().join("api.key"), &ca.2);
+    write_private(&g.dir.path().join("peers-ca.pem"), &ca.0);
+    let text = std::fs::read_to_string(&g.config).unwrap().replace(
+        "token_file: api.token}",
+        "token_file: api.token, tls_cert_file: api.crt, tls_key_file: api.key}",
+    );
+    std::fs::write(&g.config, text).unwrap();
+}
+
+#[test]
+fn https_peers_converge_with_the_rest_api_serving_tls() {
+    let ca = ca_and_leaf();
+    let mut a = Gslb::prepare(|c| c);
+    let mut b = Gslb::prepare(|c| c);
+    for (g, peer) in [(&a, b.api), (&b, a.api)] {
+        api_tls(g, &ca);
+        let ca_file = g.dir.path().join("peers-ca.pem");
+        add_sync_with(
+            g,
+            &[format!("https://{peer}")],
+            &format!("ca_file: \"{}\", ", ca_file.display()),
+        );
+    }
+    for g in [&mut a, &mut b] {
+        g.start_cp();
+        g.start_dp();
+        g.wait_answering();
+    }
+    // Plain HTTP to a TLS API gets no answer.
+    assert!(http_get(a.api, "/api/v1/dnssec/status").is_none_or(|b| b.is_empty()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ta, tb) = (tags(&a), tags(&b));
+        if !ta.is_empty() && ta == tb && signers(&a) == ta && signers(&b) == ta {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence over https: {ta:?} vs {tb:?}\n{}\n{}",
+            a.logs(),
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Both polls succeed (metrics are plain HTTP on their own port).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for g in [&a, &b] {
+        while g
+            .cp_metric("opengslb_dnssec_key_sync_success_total")
+            .unwrap_or(0.0)
+            < 1.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no successful poll:\n{}",
+                g.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -11,27 +11,15 @@
 //! Needs `delv` (Debian `dnsutils`); `OPENGSLB_REQUIRE_DELV=1` turns its
 //! absence into a failure.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use hickory_proto::dnssec::rdata::DNSSECRData;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 use serde_json::Value;
 
+use crate::delv_support::*;
 use crate::harness::*;
-
-fn have_delv() -> bool {
-    let ok = Command::new("delv").arg("-v").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("OPENGSLB_REQUIRE_DELV").is_none(),
-            "delv is required (OPENGSLB_REQUIRE_DELV) but not installed (Debian: dnsutils)"
-        );
-        eprintln!("skipped: delv is not installed (Debian package dnsutils)");
-    }
-    ok
-}
 
 /// Short TTLs everywhere, the rollover delays of the test, and `extra`
 /// DNSSEC settings.
@@ -110,92 +98,18 @@ fn wait_phase(g: &Gslb, phase: &str) -> Value {
     }
 }
 
-/// A `delv -a` trust anchor file holding `ds` (full DS lines).
-fn anchors(g: &Gslb, name: &str, ds: &[String]) -> PathBuf {
-    assert!(!ds.is_empty(), "no DS for {name}");
-    let mut file = String::from("trust-anchors {\n");
-    for line in ds {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(f.len(), 7, "DS line {line:?}");
-        file.push_str(&format!(
-            "  {} static-ds {} {} {} \"{}\";\n",
-            f[0], f[3], f[4], f[5], f[6]
-        ));
-    }
-    file.push_str("};\n");
-    let path = g.dir.path().join(format!("anchors-{name}.conf"));
-    std::fs::write(&path, file).unwrap();
-    path
-}
-
-fn delv(g: &Gslb, anchors: &PathBuf, name: &str, t: &str) -> String {
-    let out = Command::new("delv")
-        .arg(format!("@{}", g.dns.ip()))
-        .args(["-p", &g.dns.port().to_string()])
-        .arg("-a")
-        .arg(anchors)
-        .args(["+root=gslb.test", "+tcp", "+nomtrace", "+novtrace"])
-        .args([name, t])
-        .output()
-        .expect("run delv");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// DNSKEY, an A answer and an NXDOMAIN all fully validated from `a`.
-fn validates(g: &Gslb, a: &PathBuf, stage: &str) {
-    for (name, t, positive) in [
-        ("gslb.test", "DNSKEY", true),
-        ("www.gslb.test", "A", true),
-        ("nothere.gslb.test", "A", false),
-    ] {
-        let out = delv(g, a, name, t);
-        // delv reports a validated NXDOMAIN as "resolution failed" too.
-        let ok = if positive {
-            out.contains("; fully validated") && !out.contains("resolution failed")
-        } else {
-            out.contains("; negative response, fully validated") && out.contains("NXDOMAIN")
-        };
-        assert!(
-            ok,
-            "{stage}: {name} {t} not validated with {}:\n{out}\n{}",
-            a.display(),
-            g.logs()
-        );
-    }
+fn validates(g: &Gslb, a: &Path, stage: &str) {
+    assert_validated(g, a, stage, "gslb.test", "DNSKEY", "DNSKEY");
+    assert_validated(g, a, stage, "www.gslb.test", "A", "192.0.2.");
+    assert_validated_negative(g, a, stage, "nothere.gslb.test", "A", "nxdomain");
 }
 
 /// Served DNSKEY tags and the key tags of the RRSIGs over www's A RRset
 /// (DO=1), each sorted.
 fn served(g: &Gslb) -> (Vec<u16>, Vec<u16>) {
-    let ask = |name: &str, t: RecordType| {
-        let mut q = query_edns(name, t, 4096);
-        if let Some(e) = q.edns.as_mut() {
-            e.set_dnssec_ok(true);
-        }
-        g.tcp(&q)
-    };
-    let mut keys: Vec<u16> = ask("gslb.test.", RecordType::DNSKEY)
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::DNSSEC(DNSSECRData::DNSKEY(k)) => Some(k.calculate_key_tag().unwrap()),
-            _ => None,
-        })
-        .collect();
-    let mut sigs: Vec<u16> = ask("www.gslb.test.", RecordType::A)
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some(s.input().key_tag),
-            _ => None,
-        })
-        .collect();
-    keys.sort_unstable();
-    sigs.sort_unstable();
+    let keys = dnskey_tags(&g.tcp(&query_do("gslb.test.", RecordType::DNSKEY)));
+    let sigs = rrsig_key_tags(&g.tcp(&query_do("www.gslb.test.", RecordType::A)));
     (keys, sigs)
 }
 
@@ -232,13 +146,9 @@ fn csk_double_signature_rollover_validates_at_every_step() {
         return;
     }
     let mut g = Gslb::start_with(config(""));
-    let ds_old = {
-        let body = http_get(g.api, "/api/v1/dnssec/ds?zone=gslb.test").unwrap();
-        let v: Value = serde_json::from_str(&body).unwrap();
-        strings(&v["ds"])
-    };
+    let ds_old = zone_ds(&g);
     assert_eq!(ds_old.len(), 1, "one CSK");
-    let a_old = anchors(&g, "old", &ds_old);
+    let a_old = write_anchors(&g, "old", &ds_old);
     validates(&g, &a_old, "before");
     let (keys, _) = served(&g);
     let old = keys[0];
@@ -297,9 +207,9 @@ fn csk_double_signature_rollover_validates_at_every_step() {
     assert_eq!(strings(&r["ds_to_publish"]), ds_new);
     assert_eq!(strings(&r["ds_to_withdraw"]), ds_old);
     assert_eq!(strings(&r["ds_at_parent"]), ds_old);
-    let a_new = anchors(&g, "new", &ds_new);
+    let a_new = write_anchors(&g, "new", &ds_new);
     let both: Vec<String> = ds_old.iter().chain(&ds_new).cloned().collect();
-    let a_both = anchors(&g, "both", &both);
+    let a_both = write_anchors(&g, "both", &both);
     validates(&g, &a_old, "ds, old DS");
     validates(&g, &a_new, "ds, new DS");
     validates(&g, &a_both, "ds, both DS");
@@ -380,11 +290,9 @@ fn zsk_pre_publish_rollover_validates_at_every_step() {
         return;
     }
     let g = Gslb::start_with(config(", split_keys: true"));
-    let body = http_get(g.api, "/api/v1/dnssec/ds?zone=gslb.test").unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let ds = strings(&v["ds"]);
+    let ds = zone_ds(&g);
     assert_eq!(ds.len(), 1, "one KSK");
-    let a = anchors(&g, "ksk", &ds);
+    let a = write_anchors(&g, "ksk", &ds);
     validates(&g, &a, "before");
     let (keys, signers) = served(&g);
     assert_eq!((keys.len(), signers.len()), (2, 1));

@@ -146,6 +146,12 @@ impl Access {
         found.ok_or_else(|| ApiError::Unauthorized("invalid bearer token".into()))
     }
 
+    /// Every change-level token, `(identity, token)` (the sealed DNSSEC
+    /// key export checks its MAC against each).
+    pub fn change_tokens(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tokens.iter().map(|(w, t)| (w.as_str(), t.as_str()))
+    }
+
     /// The token file in force, if any.
     pub fn token_file(&self) -> Option<&str> {
         self.token_file.as_deref()

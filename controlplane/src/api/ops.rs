@@ -1082,24 +1082,51 @@ pub struct DsRecords {
 
 /// `POST /api/v1/dnssec/keys/export`: every zone's keys with private
 /// parts, for a peer controlplane's key sync (change-level token; audited).
+///
+/// The request is the sealed key-sync protocol's (see
+/// `crate::dnssec::sync`): a MAC of a change-level token over a fresh nonce
+/// and timestamp; the answer is the export sealed for that request. A
+/// bearer token alone is refused (400).
 pub async fn dnssec_export(
     app: &App,
     caller: &Caller,
-) -> Result<crate::dnssec::sync::KeyExport, ApiError> {
+    body: &[u8],
+) -> Result<crate::dnssec::sync::SealedExport, ApiError> {
+    use crate::dnssec::sync::{self, SealError};
     let state = app.state()?;
     if !state.dnssec.enabled() {
         return Err(ApiError::NotFound("DNSSEC is off".into()));
     }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let auth = sync::authenticate(
+        body,
+        app.access().change_tokens(),
+        now,
+        sync::ReplayCache::global(),
+    )
+    .map_err(|e| match e {
+        SealError::Malformed(m) => ApiError::BadRequest(m),
+        SealError::NoTokens => ApiError::Forbidden(e.to_string()),
+        SealError::Refused(m) => ApiError::Unauthorized(m),
+    })?;
     let export = state.dnssec.export();
     let zones: Vec<&str> = export.zones.iter().map(|z| z.zone.as_str()).collect();
+    let caller = Caller {
+        who: auth.who.clone(),
+        from: caller.from,
+    };
     audit_change(
         &state,
-        caller,
+        &caller,
         "dnssec.keys.export",
-        &serde_json::json!({"zones": zones}),
+        &serde_json::json!({"zones": zones, "protocol": sync::PROTOCOL}),
     )
     .await;
-    Ok(export)
+    let plain =
+        serde_json::to_vec(&export).map_err(|e| ApiError::Internal(format!("key export: {e}")))?;
+    sync::seal(&auth, &plain).map_err(ApiError::Internal)
 }
 
 /// The DS records of `zone`.

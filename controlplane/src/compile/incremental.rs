@@ -27,10 +27,10 @@ use std::time::SystemTime;
 use opengslb_proto::{AnswerPlan, RRset, Snapshot, SnapshotDelta};
 
 use super::{
-    earliest, mode_label, plan, wire, Compiler, FamilyMemory, HealthView, LatencyReport, Member,
-    ServerHealth,
+    earliest, members_of, mode_label, plan, server_inputs, slots, wire, Compiler, FamilyMemory,
+    HealthView, LatencyReport, Member, ServerInputs,
 };
-use crate::config::{Config, HealthCheckType, RoutingAlgorithm, ServerRef};
+use crate::config::{Config, RoutingAlgorithm};
 use crate::dnssec::Keyring;
 use crate::geo::VersionedTable;
 
@@ -95,7 +95,7 @@ struct DomainMemo {
 }
 
 /// Per region and server: health (override aside), weight, latency.
-type ServerTable = Vec<Vec<(ServerHealth, u32, Option<super::LatencySample>)>>;
+type ServerTable = Vec<Vec<ServerInputs>>;
 
 /// A re-planned domain, before it is committed.
 struct Replanned {
@@ -153,12 +153,7 @@ impl Compiler {
         now: SystemTime,
     ) {
         let snapshot = &compiled.snapshot;
-        let positions: HashMap<&[u8], usize> = snapshot
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.as_slice(), i))
-            .collect();
+        let positions = Positions::new(&snapshot.nodes);
         let table = server_table(cfg, health);
         let down: std::collections::HashSet<&str> =
             compiled.all_down.iter().map(|(d, _)| d.as_str()).collect();
@@ -171,11 +166,9 @@ impl Compiler {
         }
         let mut domains = Vec::with_capacity(cfg.domains.len());
         for domain in &cfg.domains {
-            let node = cfg.zone_of(&domain.name).and_then(|zi| {
-                positions
-                    .get(domain.name.to_wire().as_slice())
-                    .map(|&i| (i, zi))
-            });
+            let node = cfg
+                .zone_of(&domain.name)
+                .and_then(|zi| positions.find(&domain.name.to_wire()).map(|i| (i, zi)));
             let slots = slots(cfg, domain);
             let members = members_fast(cfg, domain, &slots, &table, health);
             // Failover: would planning again change the plan? (Others
@@ -454,6 +447,42 @@ impl Compiler {
     }
 }
 
+/// Finds nodes by name in a snapshot: by binary search, nodes being in
+/// canonical order (the compiler's invariant), with a hash index built only
+/// if a name is missed that way.
+struct Positions<'s> {
+    nodes: &'s [opengslb_proto::Node],
+    fallback: std::cell::OnceCell<HashMap<&'s [u8], usize>>,
+}
+
+impl<'s> Positions<'s> {
+    fn new(nodes: &'s [opengslb_proto::Node]) -> Self {
+        Self {
+            nodes,
+            fallback: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn find(&self, name: &[u8]) -> Option<usize> {
+        if let Ok(i) = self
+            .nodes
+            .binary_search_by(|n| wire::canonical_cmp(&n.name, name))
+        {
+            return Some(i);
+        }
+        self.fallback
+            .get_or_init(|| {
+                self.nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.name.as_slice(), i))
+                    .collect()
+            })
+            .get(name)
+            .copied()
+    }
+}
+
 // === functions ===
 
 /// The end of the earliest failback hold-down still running among
@@ -478,50 +507,14 @@ fn server_table(cfg: &Config, health: &dyn HealthView) -> ServerTable {
         .iter()
         .enumerate()
         .map(|(ri, region)| {
-            let always = region.health_check.kind == HealthCheckType::None;
-            region
-                .servers
-                .iter()
-                .enumerate()
-                .map(|(si, server)| {
-                    let r = ServerRef {
-                        region_index: ri,
-                        region: &region.name,
-                        server_index: si,
-                        address: server.address,
-                        port: server.port,
-                    };
-                    let h = if always {
-                        health.unprobed(&r)
-                    } else {
-                        health.health(&r)
-                    };
-                    (h, health.weight(&r, server.weight), health.latency(&r))
-                })
+            (0..region.servers.len())
+                .map(|si| server_inputs(cfg, ri, si, health))
                 .collect()
         })
         .collect()
 }
 
-/// The configured servers of `domain` as `super::members` walks them.
-fn slots(cfg: &Config, domain: &crate::config::DomainConfig) -> Vec<(usize, usize)> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for region_name in &domain.regions {
-        let Some(ri) = cfg.region_index(region_name) else {
-            continue;
-        };
-        for (si, server) in cfg.regions[ri].servers.iter().enumerate() {
-            if server.serves(&domain.name) && seen.insert(server.address) {
-                out.push((ri, si));
-            }
-        }
-    }
-    out
-}
-
-/// `super::members`, from the server table: the same members, with a
-/// domain's own inputs (overrides, registered backends) asked per domain.
+/// [`members_of`], with the server inputs from the table.
 fn members_fast(
     cfg: &Config,
     domain: &crate::config::DomainConfig,
@@ -529,48 +522,7 @@ fn members_fast(
     table: &ServerTable,
     health: &dyn HealthView,
 ) -> Vec<Member> {
-    let mut members = Vec::with_capacity(slots.len());
-    for &(ri, si) in slots {
-        let region = &cfg.regions[ri];
-        let server = &region.servers[si];
-        let (h, weight, latency) = table[ri][si];
-        let r = ServerRef {
-            region_index: ri,
-            region: &region.name,
-            server_index: si,
-            address: server.address,
-            port: server.port,
-        };
-        members.push(Member {
-            address: server.address,
-            weight,
-            region: u32::try_from(ri).unwrap_or(u32::MAX),
-            health: health.overridden(&domain.name, &r).unwrap_or(h),
-            latency,
-        });
-    }
-    for r in health.registered(&domain.name) {
-        if members.iter().any(|m| m.address == r.address) {
-            continue;
-        }
-        let server_ref = ServerRef {
-            region_index: r.region_index,
-            region: &r.region,
-            server_index: usize::MAX,
-            address: r.address,
-            port: r.port,
-        };
-        members.push(Member {
-            address: r.address,
-            weight: r.weight,
-            region: u32::try_from(r.region_index).unwrap_or(u32::MAX),
-            health: health
-                .overridden(&domain.name, &server_ref)
-                .unwrap_or(r.health),
-            latency: None,
-        });
-    }
-    members
+    members_of(cfg, domain, slots, |ri, si| table[ri][si], health)
 }
 
 fn same_members(a: &[Member], b: &[Member]) -> bool {

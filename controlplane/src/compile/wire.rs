@@ -92,3 +92,39 @@ pub fn rdata(data: &RecordData) -> Vec<u8> {
         RecordData::Caa { flags, tag, value } => caa(*flags, tag, value),
     }
 }
+
+/// RFC 4034 §6.1 canonical order of two uncompressed wire-form names
+/// (lower-case, as the snapshot carries them): label by label from the
+/// right, each label as an octet string. Allocation-free; a malformed name
+/// (a label running past its end) compares by the labels it has.
+pub fn canonical_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let (sa, na) = label_starts(a);
+    let (sb, nb) = label_starts(b);
+    labels(a, &sa[..na]).cmp(labels(b, &sb[..nb]))
+}
+
+/// The labels of `w` at `starts`, rightmost first.
+fn labels<'w>(w: &'w [u8], starts: &'w [u8]) -> impl Iterator<Item = &'w [u8]> {
+    starts.iter().rev().map(move |&s| {
+        let s = usize::from(s);
+        let len = w.get(s).map_or(0, |&l| usize::from(l));
+        w.get(s + 1..s + 1 + len).unwrap_or(&[])
+    })
+}
+
+/// Offsets of the non-root labels of a wire name (at most 127 in 255
+/// octets; a longer input is cut there).
+fn label_starts(w: &[u8]) -> ([u8; 128], usize) {
+    let mut starts = [0u8; 128];
+    let mut n = 0;
+    let mut at = 0usize;
+    while let Some(&len) = w.get(at) {
+        if len == 0 || n == starts.len() || at > usize::from(u8::MAX) {
+            break;
+        }
+        starts[n] = at as u8;
+        n += 1;
+        at += 1 + usize::from(len);
+    }
+    (starts, n)
+}

@@ -508,9 +508,15 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
             ),
         );
     }
-    // Key sync: peers must be URLs; what cannot work (an https:// peer, no
-    // token_file) fails each poll at run time, visibly (status, metrics),
-    // without stopping signing.
+    if cfg.api.tls_cert_file.is_some() != cfg.api.tls_key_file.is_some() {
+        r.at(
+            "api.tls_cert_file",
+            "api.tls_cert_file and api.tls_key_file go together (TLS needs both)",
+        );
+    }
+    // Key sync: peers must be URLs; what cannot work (no token_file, an
+    // unreadable ca_file) fails each poll at run time, visibly (status,
+    // metrics), without stopping signing.
     if let Some(ks) = &sec.key_sync {
         for (i, p) in ks.peers.iter().enumerate() {
             let rest = p
@@ -519,7 +525,7 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
             if rest.is_none_or(str::is_empty) {
                 r.at(
                     &format!("overwatch.dnssec.key_sync.peers[{i}]"),
-                    format!("{p:?}: expected a peer REST API URL, http://HOST:PORT"),
+                    format!("{p:?}: expected a peer REST API URL, http://HOST:PORT or https://HOST:PORT"),
                 );
             }
         }

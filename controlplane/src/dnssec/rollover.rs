@@ -161,8 +161,8 @@ pub struct RolloverStatus {
 /// Serialises rollover changes and wakes [`run`].
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
-    lock: tokio::sync::Mutex<()>,
-    wake: tokio::sync::Notify,
+    pub(crate) lock: tokio::sync::Mutex<()>,
+    pub(crate) wake: tokio::sync::Notify,
 }
 
 // === impl Method, Phase ===
