@@ -20,3 +20,5 @@ pub mod overwatch;
 pub mod server;
 pub mod store;
 pub mod stream;
+#[doc(hidden)]
+pub mod test_support;

@@ -8,6 +8,7 @@
 //! valgrind --tool=callgrind target/release/examples/answer_loop small 200000
 //! valgrind --tool=callgrind target/release/examples/answer_loop big 200000
 //! target/release/examples/answer_loop small 200000 edns   # with an OPT
+//! target/release/examples/answer_loop big 200000 batch=13 # receive batches of 13, prefetched
 //! ```
 //!
 //! `small`: `../shared/bench/zones/gslb.test.zone` and its query mix
@@ -157,7 +158,18 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let kind = args.next().unwrap_or_else(|| "small".into());
     let iterations: usize = args.next().map_or(200_000, |s| s.parse().expect("a count"));
-    let edns = args.next().is_some_and(|s| s == "edns");
+    let (mut edns, mut batch) = (false, 1usize);
+    for a in args {
+        match a.as_str() {
+            "edns" => edns = true,
+            b => {
+                batch = b
+                    .strip_prefix("batch=")
+                    .and_then(|n| n.parse().ok())
+                    .expect("edns or batch=N")
+            }
+        }
+    }
     let (msg, queries) = match kind.as_str() {
         "small" => {
             let mut qs = Vec::new();
@@ -212,11 +224,21 @@ fn main() {
     let mut out = vec![0u8; 65_535].into_boxed_slice();
     let mut octets = 0usize;
     let started = std::time::Instant::now();
-    for k in 0..iterations {
-        let q = &queries[k % queries.len()];
+    let mut k = 0;
+    while k < iterations {
+        // One receive batch: one snapshot load, the batch's prefetch hints
+        // (as the UDP worker gives them when it got more than one), then
+        // each answer.
         let snapshot = cache.load();
-        let n = answer(snapshot, black_box(q), Transport::Udp, &mut state, &mut out);
-        octets += black_box(n).unwrap_or(0);
+        let group = (k..iterations.min(k + batch)).map(|k| queries[k % queries.len()].as_slice());
+        if batch > 1 {
+            snapshot.prefetch(group.clone());
+        }
+        for q in group {
+            let n = answer(snapshot, black_box(q), Transport::Udp, &mut state, &mut out);
+            octets += black_box(n).unwrap_or(0);
+        }
+        k += batch;
     }
     let elapsed = started.elapsed();
     println!(

@@ -24,6 +24,7 @@ pub mod handle;
 pub mod memory;
 pub mod metrics;
 pub(crate) mod nsec3;
+pub(crate) mod prefetch;
 pub mod rrl;
 pub mod select;
 pub mod server;

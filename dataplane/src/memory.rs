@@ -7,9 +7,9 @@
 //! allocates nothing (the query path never does), so without this call a
 //! 100,000-name zone kept about 50 MiB of dead decode memory resident.
 //!
-//! This module is the one place besides the socket batches (`udp::batch`)
-//! with `unsafe`: calls into the allocator, at start and after updates,
-//! never on the query path.
+//! This module is one of the three places with `unsafe` (with the socket
+//! batches, `udp::batch`, and the prefetch hint, `prefetch`): calls into the
+//! allocator, at start and after updates, never on the query path.
 #![allow(unsafe_code)]
 
 /// `mi_option_arena_eager_commit` in the bundled mimalloc v3 (`mimalloc.h`,

@@ -477,8 +477,14 @@ fn read_u32(msg: &[u8], pos: usize) -> Option<u32> {
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// Reads a possibly compressed name at `start` into `out`, uncompressed.
-/// Returns the offset just past the name where it started and its length.
+/// The question name of `msg` as the client wrote it, when it is
+/// uncompressed (almost always): a hint for prefetching, not a parse (the
+/// header is not checked).
+#[inline]
+pub(crate) fn question_name(msg: &[u8]) -> Option<&[u8]> {
+    msg.get(HEADER_LEN..HEADER_LEN + plain_name_len(msg, HEADER_LEN)?)
+}
+
 /// Length of the uncompressed, well-formed name at `start` of `msg`, or
 /// `None` when it holds a pointer, is cut short, too long or malformed.
 #[inline]
@@ -499,6 +505,8 @@ fn plain_name_len(msg: &[u8], start: usize) -> Option<usize> {
     }
 }
 
+/// Reads a possibly compressed name at `start` into `out`, uncompressed.
+/// Returns the offset just past the name where it started and its length.
 fn read_name(
     msg: &[u8],
     start: usize,

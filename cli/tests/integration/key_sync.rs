@@ -129,6 +129,42 @@ fn bearer() -> String {
     format!("Authorization: Bearer {API_TOKEN}\r\n")
 }
 
+/// Polls `probe` every 200 ms until it gives `Ok`, for at most `secs`
+/// seconds; then panics with `what`, the last `Err` (the state seen) and
+/// the logs of `nodes`.
+fn wait_for<T>(
+    secs: u64,
+    what: &str,
+    nodes: &[&Gslb],
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let seen = match probe() {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = nodes.iter().map(|g| g.logs()).collect();
+            panic!("{what} within {secs} s: {seen}\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `a` and `b` serve the same non-empty DNSKEY set, and
+/// `also` holds for it; the set.
+fn wait_converged(a: &Gslb, b: &Gslb, what: &str, also: impl Fn(&[u16]) -> bool) -> Vec<u16> {
+    wait_for(30, what, &[a, b], || {
+        let (ta, tb) = (tags(a), tags(b));
+        if !ta.is_empty() && ta == tb && also(&ta) {
+            Ok(ta)
+        } else {
+            Err(format!("{ta:?} vs {tb:?}"))
+        }
+    })
+}
+
 #[test]
 fn two_controlplanes_converge_on_one_key_with_its_private_part() {
     let mut a = Gslb::prepare(|c| c);
@@ -142,20 +178,7 @@ fn two_controlplanes_converge_on_one_key_with_its_private_part() {
         g.wait_answering();
     }
     // Converged: the same DNSKEY RRset served by both, the same DS.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ta, tb) = (tags(&a), tags(&b));
-        if !ta.is_empty() && ta == tb && ds(&a) == ds(&b) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence: {ta:?} vs {tb:?}\n{}\n{}",
-            a.logs(),
-            b.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_converged(&a, &b, "no convergence", |_| ds(&a) == ds(&b));
     // Both sign with it (the adopting side got the private part): the
     // signatures over their SOA (different serials) are by that key.
     let key = tags(&a)[0];
@@ -177,20 +200,18 @@ fn two_controlplanes_converge_on_one_key_with_its_private_part() {
     }
     // The garbage peer: counted as a failure of that peer, shown in status.
     let series = format!("opengslb_dnssec_key_sync_failures_total{{peer=\"{bad}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(10);
     // (b's API may come up after a's first poll: wait for a success too.)
-    while a.cp_metric(&series).unwrap_or(0.0) < 1.0
-        || a.cp_metric("opengslb_dnssec_key_sync_success_total")
-            .unwrap_or(0.0)
-            < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no failure or no success counted:\n{}",
-            a.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(10, "no failure or no success counted", &[&a], || {
+        let failures = a.cp_metric(&series).unwrap_or(0.0);
+        let successes = a
+            .cp_metric("opengslb_dnssec_key_sync_success_total")
+            .unwrap_or(0.0);
+        if failures >= 1.0 && successes >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{failures} failures, {successes} successes"))
+        }
+    });
     let status = http_get(a.api, "/api/v1/dnssec/status").unwrap();
     assert!(status.contains("\"state\":\"failing\""), "{status}");
     assert!(status.contains("does not open"), "{status}");
@@ -279,8 +300,8 @@ fn signers(g: &Gslb) -> Vec<u16> {
 /// Waits (bounded) until `b` shows `a`'s rollover (same phase, keys, times)
 /// and serves the same DNSKEY and RRSIG sets.
 fn wait_same_rollover(a: &Gslb, b: &Gslb, phase: &str, keys: usize) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("b never showed a's rollover in {phase}");
+    wait_for(30, &what, &[a, b], || {
         let (ra, rb) = (rollover_state(a), rollover_state(b));
         let same = ra["phase"] == phase
             && [
@@ -296,16 +317,11 @@ fn wait_same_rollover(a: &Gslb, b: &Gslb, phase: &str, keys: usize) -> Value {
             .all(|k| ra[k] == rb[k]);
         let (ta, tb) = (tags(a), tags(b));
         if same && ta.len() == keys && ta == tb && signers(a) == signers(b) {
-            return rb;
+            Ok(rb)
+        } else {
+            Err(format!("\na: {ra} {ta:?}\nb: {rb} {tb:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "b never showed a's rollover in {phase}:\na: {ra} {ta:?}\nb: {rb} {tb:?}\n{}\n{}",
-            a.logs(),
-            b.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    })
 }
 
 #[test]
@@ -319,17 +335,7 @@ fn a_rollover_started_on_one_node_shows_the_same_phase_on_its_peer() {
         g.start_dp();
         g.wait_answering();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tags(&a).is_empty() || tags(&a) != tags(&b) {
-        assert!(
-            Instant::now() < deadline,
-            "no convergence\n{}\n{}",
-            a.logs(),
-            b.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let old = tags(&a);
+    let old = wait_converged(&a, &b, "no convergence", |_| true);
     // Start a CSK (double-signature) rollover on a.
     let (code, body) = http_post(
         a.api,
@@ -356,26 +362,6 @@ fn a_rollover_started_on_one_node_shows_the_same_phase_on_its_peer() {
     assert_eq!(signers(&b), old);
 }
 
-/// A CA, and a certificate for 127.0.0.1 it signs: (CA PEM, leaf PEM, leaf
-/// key PEM).
-fn ca_and_leaf() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test REST API CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
-}
-
 /// Serves `g`'s REST API over TLS with a certificate of the CA.
 fn api_tls(g: &Gslb, ca: &(String, String, String)) {
     write_private(&g.dir.path().join("api.crt"), &ca.1);
@@ -390,7 +376,7 @@ fn api_tls(g: &Gslb, ca: &(String, String, String)) {
 
 #[test]
 fn https_peers_converge_with_the_rest_api_serving_tls() {
-    let ca = ca_and_leaf();
+    let ca = opengslb_controlplane::test_support::ca_and_leaf();
     let mut a = Gslb::prepare(|c| c);
     let mut b = Gslb::prepare(|c| c);
     for (g, peer) in [(&a, b.api), (&b, a.api)] {
@@ -409,34 +395,16 @@ fn https_peers_converge_with_the_rest_api_serving_tls() {
     }
     // Plain HTTP to a TLS API gets no answer.
     assert!(http_get(a.api, "/api/v1/dnssec/status").is_none_or(|b| b.is_empty()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (ta, tb) = (tags(&a), tags(&b));
-        if !ta.is_empty() && ta == tb && signers(&a) == ta && signers(&b) == ta {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence over https: {ta:?} vs {tb:?}\n{}\n{}",
-            a.logs(),
-            b.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_converged(&a, &b, "no convergence over https", |t| {
+        signers(&a) == t && signers(&b) == t
+    });
     // Both polls succeed (metrics are plain HTTP on their own port).
-    let deadline = Instant::now() + Duration::from_secs(10);
     for g in [&a, &b] {
-        while g
-            .cp_metric("opengslb_dnssec_key_sync_success_total")
-            .unwrap_or(0.0)
-            < 1.0
-        {
-            assert!(
-                Instant::now() < deadline,
-                "no successful poll:\n{}",
-                g.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(10, "no successful poll", &[g], || {
+            match g.cp_metric("opengslb_dnssec_key_sync_success_total") {
+                Some(n) if n >= 1.0 => Ok(()),
+                n => Err(format!("opengslb_dnssec_key_sync_success_total {n:?}")),
+            }
+        });
     }
 }

@@ -149,9 +149,9 @@ pub struct ZoneExport {
     /// Keys in force.
     pub keys: Vec<KeyExportRow>,
     /// The zone's latest rollover (in progress or finished), if it ever
-    /// rolled.
+    /// rolled; on the wire without its local `id` and `zone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollover: Option<RolloverExport>,
+    pub rollover: Option<RolloverRow>,
 }
 
 /// One key of a [`ZoneExport`].
@@ -169,30 +169,6 @@ pub struct KeyExportRow {
     pub created_unix: u64,
     /// PKCS#8, hexadecimal.
     pub private_key_pkcs8_hex: String,
-}
-
-/// The rollover of a [`ZoneExport`]: a `dnssec_rollovers` row without its
-/// local id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolloverExport {
-    /// `pre-publish` or `double-signature`.
-    pub method: String,
-    /// Role of the rolled key.
-    pub role: String,
-    /// Tag of the key being replaced.
-    pub old_key_tag: u16,
-    /// Tag of the new key.
-    pub new_key_tag: u16,
-    /// Phase.
-    pub phase: String,
-    /// Start, seconds since the epoch.
-    pub started_unix: i64,
-    /// Start of the phase.
-    pub phase_since_unix: i64,
-    /// End of the timed phase (0: none).
-    pub next_unix: i64,
-    /// When the new DS was confirmed (0: not yet).
-    pub ds_published_unix: i64,
 }
 
 /// Sync state of one peer, for `dnssec status`.
@@ -430,17 +406,7 @@ impl Dnssec {
                             private_key_pkcs8_hex: keys::hex_upper(k.pkcs8()),
                         })
                         .collect(),
-                    rollover: inner.rollovers.get(apex).map(|r| RolloverExport {
-                        method: r.method.clone(),
-                        role: r.role.clone(),
-                        old_key_tag: r.old_key_tag,
-                        new_key_tag: r.new_key_tag,
-                        phase: r.phase.clone(),
-                        started_unix: r.started_unix,
-                        phase_since_unix: r.phase_since_unix,
-                        next_unix: r.next_unix,
-                        ds_published_unix: r.ds_published_unix,
-                    }),
+                    rollover: inner.rollovers.get(apex).cloned(),
                 })
                 .collect(),
         }
@@ -786,22 +752,14 @@ fn check_key(zone: &DnsName, k: &KeyExportRow) -> Result<(ZoneKey, Vec<u8>), Str
 /// must be between two of the exported keys.
 fn check_rollover(
     zone: &DnsName,
-    r: &RolloverExport,
+    r: &RolloverRow,
     keys: &[(ZoneKey, Vec<u8>)],
 ) -> Result<RolloverRow, String> {
     let bad = |why: &str| format!("malformed rollover of {zone}: {why}");
     let row = RolloverRow {
         id: 0,
         zone: zone.to_string(),
-        method: r.method.clone(),
-        role: r.role.clone(),
-        old_key_tag: r.old_key_tag,
-        new_key_tag: r.new_key_tag,
-        phase: r.phase.clone(),
-        started_unix: r.started_unix,
-        phase_since_unix: r.phase_since_unix,
-        next_unix: r.next_unix,
-        ds_published_unix: r.ds_published_unix,
+        ..r.clone()
     };
     let (_, phase) = rollover::parse_row(&row).ok_or_else(|| bad("unknown method or phase"))?;
     KeyRole::parse(&r.role).ok_or_else(|| bad("unknown role"))?;

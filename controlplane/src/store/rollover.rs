@@ -9,12 +9,17 @@ use crate::error::Result;
 const COLUMNS: &str = "id, zone, method, role, old_key_tag, new_key_tag, phase, started_unix, \
      phase_since_unix, next_unix, ds_published_unix";
 
-/// One stored rollover.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One stored rollover. Also the `rollover` of a zone in the DNSSEC key-sync
+/// export (`crate::dnssec::sync::ZoneExport`): there without its local
+/// `id` and its `zone` (the export's zone says it), which are left out of
+/// the JSON and read back as `0` and `""`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RolloverRow {
     /// Row id (0 before it is stored).
+    #[serde(skip)]
     pub id: i64,
     /// Zone apex, lower-case, no final dot.
+    #[serde(skip)]
     pub zone: String,
     /// `pre-publish` or `double-signature`.
     pub method: String,

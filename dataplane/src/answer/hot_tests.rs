@@ -189,3 +189,57 @@ fn the_key_confirms_every_candidate() {
         assert!(s.node(&name(&format!("m{i}.gslb.test."))).is_none());
     }
 }
+
+#[test]
+fn prefetch_hints_take_any_bytes_and_change_no_answer() {
+    // The UDP worker hints a batch before answering it: hostile datagrams
+    // (short, compressed, over-long labels, empty) pass through the hint
+    // without a panic, and the answers after a hint are the answers without.
+    let mut msg = fixture();
+    for i in 0..5_000u32 {
+        add(
+            &mut msg,
+            name(&format!("p{i}.gslb.test.")),
+            vec![rrset(1, 60, vec![i.to_be_bytes().to_vec()])],
+        );
+    }
+    let s = Snapshot::try_from(&msg).unwrap();
+    assert!(s.node_count() >= crate::snapshot::PREFETCH_MIN_NODES);
+    let mut batch: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| {
+            query(
+                &Name::from_ascii(format!("P{}.GSLB.test.", i * 97)).unwrap(),
+                RecordType::A,
+            )
+            .to_vec()
+            .unwrap()
+        })
+        .collect();
+    let mut hostile = batch[0].clone();
+    hostile.truncate(15);
+    batch.extend([
+        vec![],
+        vec![0; 12],
+        hostile,
+        [&batch[1][..12], &[0xc0, 0x0c, 0, 1, 0, 1]].concat(),
+        [&batch[1][..12], &[64u8; 80][..]].concat(),
+        [&batch[1][..12], &[63u8; 300][..]].concat(),
+    ]);
+    for chunk in batch.chunks(13) {
+        let without: Vec<Option<Vec<u8>>> = chunk.iter().map(|q| reply(&s, q)).collect();
+        s.prefetch(chunk.iter().map(Vec::as_slice));
+        let with: Vec<Option<Vec<u8>>> = chunk.iter().map(|q| reply(&s, q)).collect();
+        assert_eq!(with, without);
+    }
+    // More queries than a batch holds: the rest get no hint, and no panic.
+    s.prefetch(batch.iter().map(Vec::as_slice));
+    // The hinted names answer with their own address.
+    let r = Message::from_vec(&reply(&s, &batch[3]).unwrap()).unwrap();
+    assert!(matches!(&r.answers[0].data, RData::A(a) if a.0.octets() == 291u32.to_be_bytes()));
+}
+
+fn reply(s: &Snapshot, q: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; 4096];
+    let n = answer(s, q, Transport::Udp, &mut WorkerState::new(), &mut out)?;
+    Some(out[..n].to_vec())
+}

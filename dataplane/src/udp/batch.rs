@@ -16,8 +16,8 @@
 //! Safety: the kernel writes only inside the buffers this struct owns, and
 //! only during `recvmmsg`, through pointers taken from them right before the
 //! call; replies are read by `sendmmsg` through pointers taken right before
-//! that call. No pointer is kept across calls. This is the only module of
-//! the dataplane allowed `unsafe`.
+//! that call. No pointer is kept across calls. Besides this module, only
+//! `memory` (allocator options) and `prefetch` (a cache hint) use `unsafe`.
 
 #![allow(unsafe_code)]
 
@@ -26,7 +26,7 @@ use std::{io, mem, os::fd::RawFd, ptr};
 // === constants ===
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
-pub(crate) const BATCH: usize = 32;
+pub(crate) const BATCH: usize = crate::snapshot::PREFETCH_MAX;
 /// Largest UDP datagram received or sent.
 const SLOT: usize = 65_535;
 /// Distance between slots: 64 KiB plus a cache line, so the first lines of
@@ -208,6 +208,17 @@ impl Batch {
         let query = self.rx.get(at..at + len).unwrap_or(&[]);
         let out = self.tx.get_mut(at..at + SLOT).unwrap_or(&mut []);
         (query, out)
+    }
+
+    /// Receive slot `i`'s datagram.
+    #[inline]
+    pub(crate) fn query(&self, i: usize) -> &[u8] {
+        let len = match self.rx_hdr.get(i) {
+            Some(h) if i < self.received => (h.msg_len as usize).min(SLOT),
+            _ => 0,
+        };
+        let at = i * STRIDE;
+        self.rx.get(at..at + len).unwrap_or(&[])
     }
 
     /// The address of receive slot `i`'s sender.

@@ -225,35 +225,12 @@ async fn store(d: &Path) -> Store {
         .unwrap()
 }
 
-/// A CA, and a certificate for 127.0.0.1 it signs: (CA PEM, leaf DER, leaf
-/// key DER).
-fn ca_and_leaf() -> (String, Vec<u8>, Vec<u8>) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test key-sync CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    (
-        ca_cert.pem(),
-        leaf_cert.der().to_vec(),
-        leaf_key.serialize_der(),
-    )
-}
-
 /// A one-connection-at-a-time HTTPS peer speaking the export's server side
 /// over `dnssec`'s keys; returns its URL. Also records each raw answer
 /// (what crossed the wire inside TLS).
 async fn tls_peer(dnssec: Dnssec, answers: Arc<Mutex<Vec<Vec<u8>>>>) -> (String, String) {
-    let (ca_pem, leaf, key) = ca_and_leaf();
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let (ca_pem, leaf, key) = crate::test_support::ca_and_leaf();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -261,8 +238,8 @@ async fn tls_peer(dnssec: Dnssec, answers: Arc<Mutex<Vec<Vec<u8>>>>) -> (String,
     .unwrap()
     .with_no_client_auth()
     .with_single_cert(
-        vec![rustls::pki_types::CertificateDer::from(leaf)],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        vec![CertificateDer::from_pem_slice(leaf.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
     )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -539,4 +516,48 @@ fn config_takes_https_peers_ca_file_and_api_tls_only_as_a_pair() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("https://HOST:PORT"), "{e}");
+}
+
+#[test]
+fn the_exported_rollover_has_its_wire_form_without_local_id_and_zone() {
+    let row = RolloverRow {
+        id: 7,
+        zone: "example.com".into(),
+        method: "double-signature".into(),
+        role: "csk".into(),
+        old_key_tag: 1,
+        new_key_tag: 2,
+        phase: "publish".into(),
+        started_unix: 10,
+        phase_since_unix: 11,
+        next_unix: 12,
+        ds_published_unix: 0,
+    };
+    let wire = r#"{"method":"double-signature","role":"csk","old_key_tag":1,"new_key_tag":2,"phase":"publish","started_unix":10,"phase_since_unix":11,"next_unix":12,"ds_published_unix":0}"#;
+    assert_eq!(serde_json::to_string(&row).unwrap(), wire);
+    // Read back: no local id, the zone comes from the export's zone.
+    let back: RolloverRow = serde_json::from_str(wire).unwrap();
+    assert_eq!(
+        back,
+        RolloverRow {
+            id: 0,
+            zone: String::new(),
+            ..row.clone()
+        }
+    );
+    // A zone without a rollover has none on the wire.
+    let zone = ZoneExport {
+        zone: "example.com".into(),
+        keys: Vec::new(),
+        rollover: None,
+    };
+    assert_eq!(
+        serde_json::to_string(&zone).unwrap(),
+        r#"{"zone":"example.com","keys":[]}"#
+    );
+    let zone: ZoneExport = serde_json::from_str(&format!(
+        r#"{{"zone":"example.com","keys":[],"rollover":{wire}}}"#
+    ))
+    .unwrap();
+    assert_eq!(zone.rollover.unwrap().new_key_tag, 2);
 }

@@ -4,6 +4,7 @@
 //! store.
 
 use super::*;
+use crate::test_support::ca_and_leaf;
 
 /// A controlplane on `text` (see [`config_text`]), with `store` when given
 /// (shared with another controlplane), else a SQLite store of its own;
@@ -40,28 +41,6 @@ async fn setup_with(
         state,
         addr,
     }
-}
-
-/// A CA and a controlplane certificate for 127.0.0.1 it signs: (CA PEM,
-/// leaf PEM, leaf key PEM).
-fn ca_and_leaf() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "test agent-listener CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    leaf.distinguished_name
-        .push(rcgen::DnType::CommonName, "cp-1");
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
 }
 
 async fn try_register(
