@@ -27,6 +27,7 @@ use crate::{
 
 pub mod access;
 pub mod error;
+pub mod listener;
 pub mod ops;
 pub mod rest;
 pub mod tls;
@@ -182,29 +183,30 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 }
 
 /// Serves the REST API on `listener` until the task is dropped; over TLS
-/// with `tls` (`api.tls_cert_file`, see [`tls::acceptor`]).
+/// with `tls` (`api.tls_cert_file`, see [`tls::acceptor`]); every
+/// connection passes `gate` (`api.max_connections`, and over TLS
+/// `api.allowed_networks` before the handshake; see [`listener`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: App,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    gate: listener::Gate,
 ) {
     let router = rest::router(app);
-    if let Some(acceptor) = tls {
-        let listener = match tls::TlsListener::new(listener, acceptor) {
+    let service = router.into_make_service_with_connect_info::<listener::Peer>();
+    let served = if let Some(acceptor) = tls {
+        let listener = match tls::TlsListener::new(listener, acceptor, gate) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "REST API stopped");
                 return;
             }
         };
-        let service = router.into_make_service_with_connect_info::<tls::TlsPeer>();
-        if let Err(e) = axum::serve(listener, service).await {
-            tracing::error!(error = %e, "REST API stopped");
-        }
-        return;
-    }
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, service).await {
+        axum::serve(listener, service).await
+    } else {
+        axum::serve(listener::PlainListener::new(listener, gate), service).await
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "REST API stopped");
     }
 }

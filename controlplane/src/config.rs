@@ -471,6 +471,9 @@ pub struct ApiConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// Most REST connections at once, TLS handshakes included (default
+    /// 512); more are closed at once and counted.
+    pub max_connections: usize,
 }
 
 /// `overwatch:`, the controlplane.
@@ -1117,6 +1120,7 @@ impl Default for ApiConfig {
             token_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            max_connections: 512,
         }
     }
 }

@@ -321,6 +321,10 @@ pub fn listeners_changed(old: &Config, new: &Config) -> Vec<&'static str> {
         "api.tls_cert_file",
     );
     check(
+        old.api.max_connections != new.api.max_connections,
+        "api.max_connections",
+    );
+    check(
         old.metrics.address != new.metrics.address,
         "metrics.address",
     );
@@ -397,7 +401,11 @@ pub async fn run(config_path: PathBuf, cfg: Config) -> Result<()> {
         let tls = api::tls::acceptor(&cfg.api)?;
         let l = api::bind(cfg.api.address).await?;
         tracing::info!(addr = %cfg.api.address, tls = tls.is_some(), "REST API listening");
-        Some(tokio::spawn(api::serve(l, app.clone(), tls)))
+        let gate = api::listener::Gate::new(
+            &cfg.api,
+            api::listener::ConnMetrics::new(metrics.registry())?,
+        );
+        Some(tokio::spawn(api::serve(l, app.clone(), tls, gate)))
     } else {
         None
     };
@@ -642,6 +650,7 @@ domains:
         for (extra, name) in [
             ("api:\n  address: \"127.0.0.1:18080\"\n", "api.address"),
             ("api:\n  enabled: false\n", "api.enabled"),
+            ("api:\n  max_connections: 64\n", "api.max_connections"),
             (
                 "metrics:\n  address: \"127.0.0.1:19090\"\n",
                 "metrics.address",

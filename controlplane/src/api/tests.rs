@@ -1014,3 +1014,294 @@ async fn geo_mappings_changed_through_a_shared_store_are_followed() {
     .await;
     assert_ne!(v["region"], "eu", "{v}");
 }
+
+/// The REST listener on real loopback sockets: the connection cap
+/// (`api.max_connections`) and, over TLS, `api.allowed_networks` before
+/// the handshake.
+mod listener {
+    use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+    use ipnet::IpNet;
+    use tokio::{
+        io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+        net::TcpStream,
+        task::JoinHandle,
+    };
+
+    use super::super::listener::{ConnMetrics, Gate, Refused};
+    use super::{setup, App};
+
+    /// Bound on every wait in these tests.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    struct Served {
+        addr: SocketAddr,
+        metrics: ConnMetrics,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn serve(
+        app: App,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        max: usize,
+        allowed: Option<&[&str]>,
+    ) -> Served {
+        serve_idle(app, tls, max, allowed, super::super::listener::IDLE_TIMEOUT).await
+    }
+
+    async fn serve_idle(
+        app: App,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        max: usize,
+        allowed: Option<&[&str]>,
+        idle: Duration,
+    ) -> Served {
+        let metrics = ConnMetrics::new(&prometheus::Registry::new()).unwrap();
+        let allowed: Option<Vec<IpNet>> =
+            allowed.map(|a| a.iter().map(|n| n.parse().unwrap()).collect());
+        let gate = Gate::with_parts(max, allowed, idle, metrics.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(super::super::serve(l, app, tls, gate));
+        Served {
+            addr,
+            metrics,
+            task,
+        }
+    }
+
+    /// One keep-alive `GET`; the status and body. An error when the server
+    /// closes the connection first; a panic when nothing happens in
+    /// [`WAIT`].
+    async fn get<S: AsyncRead + AsyncWrite + Unpin>(
+        io: &mut S,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
+        let exchange = async {
+            io.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+                .await?;
+            let mut buf = Vec::new();
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() >= end + 4 + len {
+                        let status = head[9..12].parse().unwrap();
+                        let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]);
+                        return Ok((status, body.into_owned()));
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = io.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(WAIT, exchange)
+            .await
+            .expect("the server neither answered nor closed the connection")
+    }
+
+    /// Polls `f` until it holds, for at most [`WAIT`].
+    async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let start = tokio::time::Instant::now();
+        while !f() {
+            assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// (server acceptor, client connector) over a fresh CA and a leaf for
+    /// 127.0.0.1, read through `api.tls_cert_file`/`tls_key_file`.
+    fn tls_pair(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector) {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let (ca, leaf, key) = crate::test_support::ca_and_leaf();
+        let (cert_file, key_file) = (dir.join("api.crt"), dir.join("api.key"));
+        std::fs::write(&cert_file, leaf).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        let api = crate::config::ApiConfig {
+            tls_cert_file: Some(cert_file),
+            tls_key_file: Some(key_file),
+            ..Default::default()
+        };
+        let acceptor = super::super::tls::acceptor(&api).unwrap().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        (acceptor, tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+
+    async fn tls_connect(
+        connector: &tokio_rustls::TlsConnector,
+        addr: SocketAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        tokio::time::timeout(WAIT, connector.connect(name, tcp))
+            .await
+            .expect("the TLS handshake neither finished nor failed")
+    }
+
+    #[tokio::test]
+    async fn plain_http_over_the_cap_is_closed_and_the_cap_frees() {
+        let s = setup().await;
+        let srv = serve(s.app.clone(), None, 2, None).await;
+        let mut c1 = TcpStream::connect(srv.addr).await.unwrap();
+        let mut c2 = TcpStream::connect(srv.addr).await.unwrap();
+        assert_eq!(get(&mut c1, "/api/v1/live").await.unwrap().0, 200);
+        assert_eq!(get(&mut c2, "/api/v1/live").await.unwrap().0, 200);
+        assert_eq!(srv.metrics.open.get(), 2);
+
+        // A third is accepted and closed at once, without an answer.
+        let mut c3 = TcpStream::connect(srv.addr).await.unwrap();
+        assert!(get(&mut c3, "/api/v1/live").await.is_err());
+        assert_eq!(srv.metrics.refused(Refused::Full), 1);
+        // The open ones keep working (and still pass the allowlist check
+        // per request).
+        let (st, body) = get(&mut c1, "/api/v1/overrides").await.unwrap();
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(get(&mut c2, "/api/v1/live").await.unwrap().0, 200);
+
+        // Closing one frees its slot for a new connection.
+        drop(c1);
+        eventually("the closed connection's slot", || {
+            srv.metrics.open.get() == 1
+        })
+        .await;
+        let mut c4 = TcpStream::connect(srv.addr).await.unwrap();
+        assert_eq!(get(&mut c4, "/api/v1/live").await.unwrap().0, 200);
+        assert_eq!(srv.metrics.open.get(), 2);
+        assert_eq!(srv.metrics.refused(Refused::Full), 1);
+        // Plain HTTP keeps the allowlist per request (403 with a body,
+        // probes open): a plain peer is never refused for its address.
+        assert_eq!(srv.metrics.refused(Refused::NotAllowed), 0);
+    }
+
+    #[tokio::test]
+    async fn tls_peer_outside_allowed_networks_gets_no_handshake() {
+        let s = setup().await;
+        let (acceptor, connector) = tls_pair(s.dir.path());
+
+        let far = serve(
+            s.app.clone(),
+            Some(acceptor.clone()),
+            16,
+            Some(&["10.0.0.0/8"]),
+        )
+        .await;
+        let refused = tls_connect(&connector, far.addr).await;
+        let e = refused.expect_err("a handshake with a peer outside the allowlist");
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            "closed without a TLS answer, got {e:?}"
+        );
+        assert_eq!(far.metrics.refused(Refused::NotAllowed), 1);
+        assert_eq!(
+            far.metrics.refused(Refused::Handshake),
+            0,
+            "no handshake ran"
+        );
+        assert_eq!(far.metrics.open.get(), 0, "and no slot was taken");
+
+        let near = serve(
+            s.app.clone(),
+            Some(acceptor.clone()),
+            16,
+            Some(&["127.0.0.0/8"]),
+        )
+        .await;
+        let mut tls = tls_connect(&connector, near.addr).await.unwrap();
+        assert_eq!(get(&mut tls, "/api/v1/live").await.unwrap().0, 200);
+        let (st, body) = get(&mut tls, "/api/v1/overrides").await.unwrap();
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(near.metrics.refused(Refused::NotAllowed), 0);
+
+        // Behind a trusted proxy the peer is not the client: no check at
+        // accept (the request's forwarded client is checked instead).
+        let proxied = serve(s.app.clone(), Some(acceptor), 16, None).await;
+        let mut tls = tls_connect(&connector, proxied.addr).await.unwrap();
+        assert_eq!(get(&mut tls, "/api/v1/live").await.unwrap().0, 200);
+    }
+
+    #[tokio::test]
+    async fn tls_handshakes_in_progress_count_against_the_cap() {
+        let s = setup().await;
+        let (acceptor, connector) = tls_pair(s.dir.path());
+        let srv = serve(s.app.clone(), Some(acceptor), 1, Some(&["127.0.0.0/8"])).await;
+
+        // A client that never starts its handshake holds the only slot.
+        let idle = TcpStream::connect(srv.addr).await.unwrap();
+        eventually("the idle connection's slot", || srv.metrics.open.get() == 1).await;
+        assert!(tls_connect(&connector, srv.addr).await.is_err());
+        assert_eq!(srv.metrics.refused(Refused::Full), 1);
+
+        // Once it goes, its handshake fails and the slot is free again.
+        drop(idle);
+        eventually("the failed handshake's slot", || {
+            srv.metrics.open.get() == 0
+        })
+        .await;
+        assert_eq!(srv.metrics.refused(Refused::Handshake), 1);
+        let mut tls = tls_connect(&connector, srv.addr).await.unwrap();
+        assert_eq!(get(&mut tls, "/api/v1/live").await.unwrap().0, 200);
+        assert_eq!(srv.metrics.open.get(), 1);
+        drop(tls);
+        eventually("the closed session's slot", || srv.metrics.open.get() == 0).await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_and_free_their_slot() {
+        let s = setup().await;
+        let idle = Duration::from_millis(300);
+        let srv = serve_idle(s.app.clone(), None, 2, None, idle).await;
+
+        // Activity keeps a connection: requests 150 ms apart, 750 ms in all.
+        let mut busy = TcpStream::connect(srv.addr).await.unwrap();
+        for _ in 0..5 {
+            assert_eq!(get(&mut busy, "/api/v1/live").await.unwrap().0, 200);
+            tokio::time::sleep(idle / 2).await;
+        }
+        // A client that never sends its request, and the keep-alive one
+        // left idle, are closed and free their slots.
+        let mut silent = TcpStream::connect(srv.addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(WAIT, silent.read(&mut byte))
+            .await
+            .expect("an idle connection is closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        let closed = tokio::time::timeout(WAIT, busy.read(&mut byte))
+            .await
+            .expect("an idle keep-alive connection is closed");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        eventually("the idle connections' slots", || {
+            srv.metrics.open.get() == 0
+        })
+        .await;
+        let mut next = TcpStream::connect(srv.addr).await.unwrap();
+        assert_eq!(get(&mut next, "/api/v1/live").await.unwrap().0, 200);
+    }
+}

@@ -1,10 +1,13 @@
 //! TLS for the REST API (`api.tls_cert_file`, `api.tls_key_file`): a
 //! listener whose connections are TLS sessions, for `axum::serve`.
 //!
-//! Handshakes run in their own tasks (bounded in time), so a slow client
-//! never holds up the next accept; a failed handshake is logged and
-//! dropped. The client address reaches the handlers as
-//! `ConnectInfo<TlsPeer>`.
+//! Each accepted connection passes the [`Gate`] first: a peer outside
+//! `api.allowed_networks` is closed before any handshake work, and a
+//! connection over `api.max_connections` (handshakes in progress count) is
+//! closed at once (see [`super::listener`]). Handshakes then run in their
+//! own tasks (bounded in time), so a slow client never holds up the next
+//! accept; a failed handshake is counted and dropped. The client address
+//! reaches the handlers as `ConnectInfo<TlsPeer>`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::listener::{Conn, Gate, Refused};
 use crate::config::ApiConfig;
 use crate::error::{Error, Result};
 
@@ -27,15 +31,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes finished but not yet accepted.
 const BACKLOG: usize = 64;
 
-/// The client address of a TLS connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TlsPeer(pub SocketAddr);
+/// The client address of a REST connection (TLS or plain).
+pub use super::listener::Peer as TlsPeer;
 
 /// A listener yielding TLS sessions.
 #[derive(Debug)]
 pub struct TlsListener {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(Conn<TlsStream<TcpStream>>, SocketAddr)>,
     accept_task: tokio::task::JoinHandle<()>,
 }
 
@@ -77,8 +80,8 @@ pub fn acceptor(api: &ApiConfig) -> Result<Option<TlsAcceptor>> {
 // === impl TlsListener ===
 
 impl TlsListener {
-    /// TLS sessions over `listener`'s connections.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+    /// TLS sessions over `listener`'s connections that pass `gate`.
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, gate: Gate) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(BACKLOG);
         let accept_task = tokio::spawn(async move {
@@ -86,21 +89,33 @@ impl TlsListener {
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(error = %e, "REST API accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        gate.accept_failed(&e).await;
                         continue;
                     }
                 };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                // Dropping `tcp` closes it: no handshake for strangers, none
+                // over the cap.
+                if !gate.allows(peer.ip()) {
+                    gate.refuse(Refused::NotAllowed, peer);
+                    continue;
+                }
+                let Some(slot) = gate.slot(peer) else {
+                    continue;
+                };
+                let (acceptor, tx, gate) = (acceptor.clone(), tx.clone(), gate.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
+                            let _ = tx.send((Conn::new(tls, slot), peer)).await;
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "REST API TLS handshake failed");
+                            gate.refuse(Refused::Handshake, peer);
                         }
-                        Err(_) => tracing::debug!(%peer, "REST API TLS handshake timed out"),
+                        Err(_) => {
+                            tracing::debug!(%peer, "REST API TLS handshake timed out");
+                            gate.refuse(Refused::HandshakeTimeout, peer);
+                        }
                     }
                 });
             }
@@ -120,7 +135,7 @@ impl Drop for TlsListener {
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Conn<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

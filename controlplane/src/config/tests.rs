@@ -470,3 +470,28 @@ fn includes_merge_and_name_their_file() {
     assert_eq!(e.issues()[0].key, "includes[0]");
     assert_eq!(e.issues()[0].line, Some(8));
 }
+
+#[test]
+fn api_max_connections_is_bounded() {
+    assert_eq!(ok(&domain("")).api.max_connections, 512);
+    assert_eq!(
+        ok(&domain("api:\n  max_connections: 64\n"))
+            .api
+            .max_connections,
+        64
+    );
+    for bad in ["0", "1000001"] {
+        one(
+            &domain(&format!("api:\n  max_connections: {bad}\n")),
+            12,
+            "api.max_connections",
+            "must be 1-1000000",
+        );
+    }
+    // Not a number: a type error naming the key.
+    let issues = errors(&domain("api:\n  max_connections: lots\n"));
+    assert!(
+        issues.iter().any(|i| i.key.contains("max_connections")),
+        "{issues:#?}"
+    );
+}

@@ -508,6 +508,9 @@ fn check_sections(cfg: &Config, r: &mut Report<'_>) {
             ),
         );
     }
+    if !(1..=1_000_000).contains(&cfg.api.max_connections) {
+        r.at("api.max_connections", "must be 1-1000000");
+    }
     if cfg.api.tls_cert_file.is_some() != cfg.api.tls_key_file.is_some() {
         r.at(
             "api.tls_cert_file",
