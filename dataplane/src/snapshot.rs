@@ -580,7 +580,7 @@ impl Snapshot {
                 });
             }
         }
-        names.shrink_to_fit();
+        names.finish();
         debug_assert_eq!(names.len(), nodes.len());
         for (zone, mut list) in zones.iter_mut().zip(owners) {
             list.sort_by(|a, b| wire::canonical_cmp(&a.name, &b.name));

@@ -1,18 +1,21 @@
 //! The owner-name index of a snapshot: name → node index, with no heap block
 //! per name.
 //!
-//! Every name's wire bytes lie back to back in one buffer (`bytes`, node
-//! order; `ends[i]` is where name `i` ends), and an open-addressing table of
-//! `u64` (linear probing, at most half full) maps a name's hash to its
-//! index; each slot also keeps the hash's high 32 bits, so a probe that lands
-//! on another name is rejected without reading that name (a cache miss less
-//! per collision in a 100,000-name table). A lookup hashes the query name eight octets at a time and compares
-//! bytes in the buffer: no allocation, no SipHash. The answer path uses
-//! [`NameIndex::probe`] instead, which reads only the slots and lets the
-//! node confirm with its own copy of the name (`hot::Key`, in the node's
-//! first cache line): one line of the index and one of the node. For 100,000 names this is
-//! ~39 octets per name (the name, its end, two slots) where a
-//! `HashMap<Box<[u8]>, u32>` took ~60 plus a heap block each.
+//! An open-addressing table of `u64` (linear probing, at most half full)
+//! maps a name's hash to its index; each slot also keeps the hash's high 32
+//! bits, so a probe that lands on another name is rejected without reading
+//! that name. The answer path uses [`NameIndex::probe`], which reads only
+//! the slots and lets the node confirm with its own copy of the name
+//! (`hot::Key`, in the node's first cache line): one line of the index and
+//! one of the node, no allocation, no SipHash.
+//!
+//! While a snapshot is built, the index also holds every name's wire octets
+//! back to back (`bytes`, node order; `ends[i]` is where name `i` ends), for
+//! [`NameIndex::insert`] to refuse a duplicate and for the build's own
+//! lookups. [`NameIndex::finish`] drops them once the nodes exist: a built
+//! index is the slots alone, 16 octets per name at 100,000 names (it was
+//! ~39 with the octets kept, and ~60 plus a heap block per name as a
+//! `HashMap<Box<[u8]>, u32>`).
 //!
 //! The names come from the controlplane (trusted, and validated before they
 //! get here); queries only look up, so no client can grow a probe chain.
@@ -20,8 +23,12 @@
 /// Name → dense index (the order of insertion).
 #[derive(Debug, Default)]
 pub(crate) struct NameIndex {
+    /// The names' octets; emptied by [`NameIndex::finish`].
     bytes: Vec<u8>,
+    /// Where each name ends in `bytes`; emptied by [`NameIndex::finish`].
     ends: Vec<u32>,
+    /// Number of names (kept when `finish` drops their octets).
+    count: usize,
     /// Low 32 bits: index + 1 of the name in this slot, 0 = empty; high 32
     /// bits: the high half of the name's hash. Length: a power of two.
     slots: Box<[u64]>,
@@ -39,13 +46,14 @@ impl NameIndex {
         Self {
             bytes,
             ends,
+            count: 0,
             slots: new_slots(table_size(n)),
         }
     }
 
     /// Number of names.
     pub(crate) fn len(&self) -> usize {
-        self.ends.len()
+        self.count
     }
 
     /// Adds `name` with the next index (`len()` before the call). `None` when
@@ -55,6 +63,9 @@ impl NameIndex {
     /// ends at the empty slot the new name takes (a snapshot build inserts
     /// every name once, so this is the index's whole build cost).
     pub(crate) fn insert(&mut self, name: &[u8]) -> Option<u32> {
+        if self.ends.len() != self.count {
+            return None; // finished: the names are gone
+        }
         let index = u32::try_from(self.ends.len()).ok()?;
         let tag = index.checked_add(1)?;
         if (self.ends.len() + 1) * 2 > self.slots.len() {
@@ -76,6 +87,7 @@ impl NameIndex {
         }
         self.bytes.extend_from_slice(name);
         self.ends.push(u32::try_from(self.bytes.len()).ok()?);
+        self.count += 1;
         *self.slots.get_mut(at)? = slot(h, tag);
         Some(index)
     }
@@ -162,10 +174,14 @@ impl NameIndex {
         self.bytes.get(start..end)
     }
 
-    /// Drops spare capacity (called once the snapshot is built).
-    pub(crate) fn shrink_to_fit(&mut self) {
-        self.bytes.shrink_to_fit();
-        self.ends.shrink_to_fit();
+    /// Drops the names' own octets once the snapshot is built: from then on
+    /// only [`NameIndex::probe`] (and the prefetch hints) may be used, with
+    /// the caller confirming a candidate by its own copy of the name (a
+    /// node's key). `get`, `name` and `insert` find nothing after this.
+    /// (At 100,000 names, 2.3 MB less per snapshot; at 1,000,000, 23 MB.)
+    pub(crate) fn finish(&mut self) {
+        self.bytes = Vec::new();
+        self.ends = Vec::new();
     }
 
     fn place(&mut self, h: u64, tag: u32) {
@@ -279,6 +295,32 @@ mod tests {
         assert_eq!(ix.get(&names[3][..names[3].len() - 1]), None);
         // The table never fills beyond half.
         assert!(ix.slots.len() >= 2 * ix.len());
+    }
+
+    #[test]
+    fn a_finished_index_keeps_its_slots_and_drops_the_octets() {
+        let mut ix = NameIndex::with_capacity(1_000, 10);
+        let names: Vec<Vec<u8>> = (0..1_000u32)
+            .map(|i| format!("\x04f{i:03}\x00").into_bytes())
+            .collect();
+        for n in &names {
+            ix.insert(n).unwrap();
+        }
+        ix.finish();
+        assert_eq!(ix.len(), 1_000);
+        assert_eq!((ix.bytes.capacity(), ix.ends.capacity()), (0, 0));
+        for (i, n) in names.iter().enumerate() {
+            // Confirmed by the caller's own copy (the node key, in a snapshot).
+            let got = ix.probe(n, |j| (names[j as usize] == *n).then_some(()));
+            assert_eq!(got, Some((i as u32, ())));
+        }
+        assert_eq!(ix.name(0), None);
+        assert_eq!(
+            ix.insert(b"\x04f999\x00"),
+            None,
+            "no insert without the octets"
+        );
+        assert_eq!(ix.len(), 1_000);
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl Snapshot {
         // The nodes the delta carries, compiled; the later of two wins.
         let mut changed: BTreeMap<usize, Node> = BTreeMap::new();
         for un in &delta.upsert_nodes {
-            let Some(index) = self.names.get(&un.name) else {
+            let Some((index, _)) = self.node(&un.name) else {
                 return Ok(None);
             };
             let Some(old) = self.nodes.get(index as usize) else {
@@ -236,7 +236,7 @@ impl Snapshot {
             if !zone_changed[i] {
                 continue;
             }
-            let Some(index) = self.names.get(&z.apex) else {
+            let Some((index, _)) = self.node(&z.apex) else {
                 return Ok(None);
             };
             if changed.contains_key(&(index as usize)) {
