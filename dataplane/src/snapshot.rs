@@ -65,8 +65,8 @@ pub const PREFETCH_MAX: usize = 32;
 /// Fewest names for which the UDP worker gives [`Snapshot::prefetch`]
 /// hints: 4,096 nodes of 128 octets fill a 512 KiB L2 cache; below that the
 /// lookups hit the caches and the hints would be pure cost (measured with
-/// `examples/answer_loop`: about +10 ns a query on the bench's small zone,
-/// -100 ns on its 100,000-name zone).
+/// `examples/answer_loop`, batches of 13: +10 to +40 ns a query on the
+/// bench's small zone, -100 to -250 ns on its 100,000-name zone).
 pub const PREFETCH_MIN_NODES: usize = 4096;
 
 // === types ===
