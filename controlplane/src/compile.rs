@@ -481,13 +481,7 @@ fn slots(cfg: &Config, domain: &DomainConfig) -> Vec<(usize, usize)> {
 fn server_inputs(cfg: &Config, ri: usize, si: usize, health: &dyn HealthView) -> ServerInputs {
     let region = &cfg.regions[ri];
     let server = &region.servers[si];
-    let r = ServerRef {
-        region_index: ri,
-        region: &region.name,
-        server_index: si,
-        address: server.address,
-        port: server.port,
-    };
+    let r = cfg.server_ref(ri, si);
     let h = if region.health_check.kind == HealthCheckType::None {
         health.unprobed(&r)
     } else {
@@ -510,18 +504,10 @@ fn members_of(
 ) -> Vec<Member> {
     let mut members = Vec::with_capacity(slots.len());
     for &(ri, si) in slots {
-        let region = &cfg.regions[ri];
-        let server = &region.servers[si];
         let (h, weight, latency) = inputs(ri, si);
-        let r = ServerRef {
-            region_index: ri,
-            region: &region.name,
-            server_index: si,
-            address: server.address,
-            port: server.port,
-        };
+        let r = cfg.server_ref(ri, si);
         members.push(Member {
-            address: server.address,
+            address: r.address,
             weight,
             region: u32::try_from(ri).unwrap_or(u32::MAX),
             health: health.overridden(&domain.name, &r).unwrap_or(h),

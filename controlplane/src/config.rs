@@ -831,6 +831,19 @@ fn net(s: &str) -> Option<IpNet> {
 // === impl Config ===
 
 impl Config {
+    /// The [`ServerRef`] of server `si` of region `ri` (both in range).
+    pub fn server_ref(&self, ri: usize, si: usize) -> ServerRef<'_> {
+        let region = &self.regions[ri];
+        let server = &region.servers[si];
+        ServerRef {
+            region_index: ri,
+            region: &region.name,
+            server_index: si,
+            address: server.address,
+            port: server.port,
+        }
+    }
+
     /// Whether the file has OpenGSLB's `gossip:` section (refused).
     pub(crate) fn has_gossip(&self) -> bool {
         self.gossip.is_some()

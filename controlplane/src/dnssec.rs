@@ -280,24 +280,8 @@ impl Dnssec {
                 for &role in roles {
                     let (key, pkcs8) =
                         ZoneKey::generate(&zone.name, role, algorithm, now).map_err(dnssec_err)?;
-                    let private_key = match &kek {
-                        Some(kek) => keys::seal(kek, &aad(&zone.name, key.key_tag), &pkcs8)
-                            .map_err(dnssec_err)?,
-                        None => pkcs8,
-                    };
-                    store
-                        .insert_dnssec_key(&DnssecKeyRow {
-                            zone: zone.name.to_string(),
-                            role: role.as_str().to_owned(),
-                            algorithm: algorithm.number(),
-                            flags: key.flags,
-                            key_tag: key.key_tag,
-                            public_key: key.public_key.clone(),
-                            private_key,
-                            encrypted: kek.is_some(),
-                            created_unix: i64::try_from(now).unwrap_or(i64::MAX),
-                        })
-                        .await?;
+                    let row = key_row(&key, pkcs8, kek.as_ref()).map_err(dnssec_err)?;
+                    store.insert_dnssec_key(&row).await?;
                     tracing::info!(
                         zone = %zone.name,
                         key_tag = key.key_tag,
@@ -537,6 +521,32 @@ pub fn status_proto(st: &DnssecStatus) -> opengslb_proto::GetDnssecStatusRespons
             .collect(),
         key_sync_state: st.key_sync.state.to_owned(),
     }
+}
+
+/// The store row of `key` with its private part `pkcs8`, sealed under
+/// `kek` (bound to the zone and key tag) when one is set: what
+/// [`load_key`] reads back. Used for new keys, rolled-in keys and keys
+/// adopted from a key-sync peer alike.
+fn key_row(
+    key: &ZoneKey,
+    pkcs8: Vec<u8>,
+    kek: Option<&[u8; keys::KEK_LEN]>,
+) -> std::result::Result<DnssecKeyRow, KeyError> {
+    let private_key = match kek {
+        Some(kek) => keys::seal(kek, &aad(&key.zone, key.key_tag), &pkcs8)?,
+        None => pkcs8,
+    };
+    Ok(DnssecKeyRow {
+        zone: key.zone.to_string(),
+        role: key.role.as_str().to_owned(),
+        algorithm: key.algorithm.number(),
+        flags: key.flags,
+        key_tag: key.key_tag,
+        public_key: key.public_key.clone(),
+        private_key,
+        encrypted: kek.is_some(),
+        created_unix: i64::try_from(key.created_unix).unwrap_or(i64::MAX),
+    })
 }
 
 /// A stored key, decrypted when sealed.

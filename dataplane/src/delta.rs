@@ -40,42 +40,7 @@ fn check(base: &Snapshot, delta: &SnapshotDelta) -> Result<(), InvalidDelta> {
 /// (the stream client decodes its base from bytes for each delta, so it
 /// never holds a decoded snapshot between updates).
 pub fn apply_owned(base: Snapshot, delta: SnapshotDelta) -> Result<Snapshot, InvalidDelta> {
-    check(&base, &delta)?;
-    let mut next = base;
-    next.generation = delta.generation;
-    for zone in delta.zones {
-        match next.zones.iter_mut().find(|z| z.apex == zone.apex) {
-            Some(slot) => *slot = zone,
-            None => next.zones.push(zone),
-        }
-    }
-    if !delta.remove_nodes.is_empty() || !delta.upsert_nodes.is_empty() {
-        let mut index: HashMap<Vec<u8>, usize> = next
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
-            .collect();
-        for node in delta.upsert_nodes {
-            match index.get(&node.name) {
-                Some(&i) => next.nodes[i] = node,
-                None => {
-                    index.insert(node.name.clone(), next.nodes.len());
-                    next.nodes.push(node);
-                }
-            }
-        }
-        if !delta.remove_nodes.is_empty() {
-            next.nodes.retain(|n| !delta.remove_nodes.contains(&n.name));
-        }
-    }
-    if let Some(geo) = delta.geo {
-        next.geo = Some(geo);
-    }
-    if let Some(options) = delta.options {
-        next.options = Some(options);
-    }
-    Ok(next)
+    apply_all(base, vec![delta])
 }
 
 /// `base` with `deltas` applied in order, as [`apply_owned`] one after the

@@ -41,7 +41,7 @@ use serde::Serialize;
 use super::keys::{self, KeyRole, ZoneKey};
 use super::{unix_now, Dnssec};
 use crate::config::{Config, DnsName, RolloverConfig};
-use crate::store::{DnssecKeyRow, RolloverRow, Store};
+use crate::store::{RolloverRow, Store};
 
 /// Longest sleep of [`run`] (a shared store may be advanced elsewhere).
 const MAX_IDLE: Duration = Duration::from_secs(60);
@@ -545,25 +545,9 @@ impl Dnssec {
                 "no key with a fresh key tag could be made".to_owned(),
             ))
         })?;
-        let private_key = match &kek {
-            Some(kek) => keys::seal(kek, &super::aad(&name, key.key_tag), &pkcs8)
-                .map_err(super::dnssec_err)?,
-            None => pkcs8,
-        };
+        let row = super::key_row(&key, pkcs8, kek.as_ref()).map_err(super::dnssec_err)?;
+        store.insert_dnssec_key(&row).await?;
         let now_i = i64::try_from(now).unwrap_or(i64::MAX);
-        store
-            .insert_dnssec_key(&DnssecKeyRow {
-                zone: name.to_string(),
-                role: role.as_str().to_owned(),
-                algorithm: key.algorithm.number(),
-                flags: key.flags,
-                key_tag: key.key_tag,
-                public_key: key.public_key.clone(),
-                private_key,
-                encrypted: kek.is_some(),
-                created_unix: now_i,
-            })
-            .await?;
         let t = self.timings(&apex, cfg);
         let mut row = begin(name.as_str(), role, old.key_tag, key.key_tag, now_i, t);
         row.id = store.insert_dnssec_rollover(&row).await?;

@@ -590,22 +590,7 @@ pub async fn adopt(
             theirs
                 .iter()
                 .map(|(key, pkcs8)| {
-                    let aad = super::aad(&name, key.key_tag);
-                    let private_key = match &kek {
-                        Some(kek) => keys::seal(kek, &aad, pkcs8).map_err(|e| e.to_string())?,
-                        None => pkcs8.clone(),
-                    };
-                    Ok(DnssecKeyRow {
-                        zone: name.to_string(),
-                        role: key.role.as_str().to_owned(),
-                        algorithm: key.algorithm.number(),
-                        flags: key.flags,
-                        key_tag: key.key_tag,
-                        public_key: key.public_key.clone(),
-                        private_key,
-                        encrypted: kek.is_some(),
-                        created_unix: i64::try_from(key.created_unix).unwrap_or(i64::MAX),
-                    })
+                    super::key_row(key, pkcs8.clone(), kek.as_ref()).map_err(|e| e.to_string())
                 })
                 .collect()
         };
